@@ -1,0 +1,249 @@
+// Binding of the recurrent core: convert -> check -> release the GIL -> call -> wrap.
+// One entry point per operation that switches on dtype (float32 / float64).
+#include <fastrnn/fastrnn.h>
+
+#include <climits>
+#include <memory>
+
+#include "../src/gemm.h"
+#include "common.h"
+
+namespace fastrnn_py {
+
+using fastrnn::Mode;
+using fastrnn::RecurrentShape;
+
+// The training cache handed to Python: opaque, owns the C++ workspace.
+struct RecurrentCacheHandle {
+  RecurrentShape shape{};
+  bool has_bias = true;
+  bool f64 = false;
+  std::unique_ptr<fastrnn::RecurrentCache<float>> c32;
+  std::unique_ptr<fastrnn::RecurrentCache<double>> c64;
+  size_t nbytes() const { return f64 ? c64->bytes() : c32->bytes(); }
+};
+
+namespace {
+
+Mode to_mode(int m) {
+  if (m < 0 || m > 3) throw py::value_error("mode: expected 0..3 (rnn_tanh, rnn_relu, lstm, gru), got " + std::to_string(m));
+  return static_cast<Mode>(m);
+}
+
+// Rejects problems whose buffers would overflow 64-bit sizes or the 32-bit BLAS indices.
+void check_sizes(const RecurrentShape& s) {
+  const int G = fastrnn::cache_gate_count(s.mode);
+  const long double TB = (long double)s.T * s.B;
+  const long double biggest = TB * std::max<long double>((long double)G * s.H, std::max<long double>(s.I, s.D * s.H));
+  if (TB > INT_MAX || (long double)G * s.H > INT_MAX || s.I > INT_MAX || biggest * 8 > (long double)(INT64_MAX / 4))
+    throw py::value_error("x: problem too large (T*B = " + std::to_string(s.T) + "*" + std::to_string(s.B) +
+                          ", H = " + std::to_string(s.H) + ", I = " + std::to_string(s.I) +
+                          "): buffers would exceed the supported index range");
+}
+
+std::string wname(const RecurrentShape& s, int64_t k, const char* what) {
+  const int64_t l = k / s.D, d = k % s.D;
+  return std::string("weights[") + std::to_string(k) + "] (" + what + "_l" + std::to_string(l) + (d ? "_reverse" : "") + ")";
+}
+
+// weights: sequence of L*D tuples (w_ih, w_hh, b_ih, b_hh); biases None together or arrays.
+template <typename T>
+std::vector<fastrnn::LayerWeights<T>> get_weights(const py::sequence& weights, const RecurrentShape& s, bool& has_bias) {
+  const int64_t n = s.L * s.D, GH = fastrnn::gate_count(s.mode) * s.H;
+  if ((int64_t)py::len(weights) != n)
+    throw py::value_error("weights: expected " + std::to_string(n) + " (layer, direction) entries, got " + std::to_string(py::len(weights)));
+  std::vector<fastrnn::LayerWeights<T>> out(n);
+  for (int64_t k = 0; k < n; ++k) {
+    py::sequence t = py::reinterpret_borrow<py::sequence>(weights[k]);
+    if (py::len(t) != 4) throw py::value_error("weights[" + std::to_string(k) + "]: expected (w_ih, w_hh, b_ih, b_hh)");
+    const int64_t I_l = s.input_size(k / s.D);
+    out[k].w_ih = checked<T>(as_array(t[0], "w_ih"), wname(s, k, "weight_ih"), {GH, I_l});
+    out[k].w_hh = checked<T>(as_array(t[1], "w_hh"), wname(s, k, "weight_hh"), {GH, s.H});
+    const bool b0 = !t[2].is_none(), b1 = !t[3].is_none();
+    if (b0 != b1) throw py::value_error(wname(s, k, "bias") + ": b_ih and b_hh must both be arrays or both None");
+    if (k == 0) has_bias = b0;
+    else if (has_bias != b0) throw py::value_error(wname(s, k, "bias") + ": every layer must have biases, or none");
+    if (b0) {
+      out[k].b_ih = checked<T>(as_array(t[2], "b_ih"), wname(s, k, "bias_ih"), {GH});
+      out[k].b_hh = checked<T>(as_array(t[3], "b_hh"), wname(s, k, "bias_hh"), {GH});
+    }
+  }
+  return out;
+}
+
+template <typename T>
+std::vector<const T*> get_masks(const py::object& masks, const RecurrentShape& s, std::vector<py::array>& keep) {
+  std::vector<const T*> out;
+  if (masks.is_none()) return out;
+  py::sequence seq = py::reinterpret_borrow<py::sequence>(masks);
+  if ((int64_t)py::len(seq) != s.L - 1)
+    throw py::value_error("dropout_masks: expected " + std::to_string(s.L - 1) + " masks, got " + std::to_string(py::len(seq)));
+  for (int64_t l = 0; l + 1 < s.L; ++l) {
+    py::array m = as_array(seq[l], "dropout_masks");
+    keep.push_back(m);
+    out.push_back(checked<T>(m, "dropout_masks[" + std::to_string(l) + "]", {s.T, s.B, s.D * s.H}));
+  }
+  return out;
+}
+
+const int64_t* get_lengths(const py::object& lengths, const RecurrentShape& s, py::array& keep) {
+  if (lengths.is_none()) return nullptr;
+  keep = as_array(lengths, "lengths");
+  const int64_t* p = checked<int64_t>(keep, "lengths", {s.B});
+  for (int64_t b = 0; b < s.B; ++b)
+    if (p[b] < 0 || p[b] > s.T)
+      throw py::value_error("lengths: expected 0 <= lengths[b] <= T = " + std::to_string(s.T) + ", got lengths[" +
+                            std::to_string(b) + "] = " + std::to_string(p[b]));
+  return p;
+}
+
+template <typename T>
+py::tuple forward_impl(const RecurrentShape& s, const py::array& x, const py::sequence& weights, const py::object& h0,
+                       const py::object& c0, const py::object& lengths, const py::object& masks, bool need_cache) {
+  const bool lstm = s.mode == Mode::Lstm;
+  const std::vector<int64_t> state_shape{s.L * s.D, s.B, s.H};
+  fastrnn::RecurrentForwardArgs<T> a{};
+  a.shape = s;
+  a.x = checked<T>(x, "x", {s.T, s.B, s.I});
+  bool has_bias = true;
+  auto w = get_weights<T>(weights, s, has_bias);
+  a.weights = w.data();
+  py::array h0a, c0a, lena;
+  if (!h0.is_none()) { h0a = as_array(h0, "h0"); a.h0 = checked<T>(h0a, "h0", state_shape); }
+  if (!c0.is_none()) {
+    if (!lstm) throw py::value_error("c0: only an LSTM has a cell state");
+    c0a = as_array(c0, "c0");
+    a.c0 = checked<T>(c0a, "c0", state_shape);
+  }
+  a.lengths = get_lengths(lengths, s, lena);
+  std::vector<py::array> keep;
+  auto m = get_masks<T>(masks, s, keep);
+  a.dropout_masks = m.empty() ? nullptr : m.data();
+
+  auto y = new_array<T>({s.T, s.B, s.D * s.H});
+  auto hn = new_array<T>(state_shape);
+  py::object cn = py::none();
+  a.y = y.mutable_data();
+  a.hn = hn.mutable_data();
+  if (lstm) {
+    auto cna = new_array<T>(state_shape);
+    a.cn = cna.mutable_data();
+    cn = cna;
+  }
+  std::unique_ptr<fastrnn::RecurrentCache<T>> cache;
+  if (need_cache) cache = std::make_unique<fastrnn::RecurrentCache<T>>();
+  {
+    py::gil_scoped_release nogil;
+    fastrnn::recurrent_forward<T>(a, cache.get());
+  }
+  py::object handle = py::none();
+  if (need_cache) {
+    auto hc = std::make_unique<RecurrentCacheHandle>();
+    hc->shape = s;
+    hc->has_bias = has_bias;
+    if constexpr (sizeof(T) == 8) { hc->f64 = true; hc->c64 = std::move(cache); }
+    else { hc->c32 = std::move(cache); }
+    handle = py::cast(std::move(hc));
+  }
+  return py::make_tuple(y, hn, cn, handle);
+}
+
+template <typename T>
+py::tuple backward_impl(const fastrnn::RecurrentCache<T>& cache, const RecurrentShape& s, bool cache_has_bias,
+                        const py::array& x, const py::sequence& weights, const py::object& masks, const py::array& dy,
+                        const py::object& dhn, const py::object& dcn, const py::sequence& grads) {
+  const bool lstm = s.mode == Mode::Lstm;
+  const std::vector<int64_t> state_shape{s.L * s.D, s.B, s.H};
+  const int64_t GH = fastrnn::gate_count(s.mode) * s.H;
+  fastrnn::RecurrentBackwardArgs<T> a{};
+  a.x = checked<T>(x, "x", {s.T, s.B, s.I});
+  bool has_bias = true;
+  auto w = get_weights<T>(weights, s, has_bias);
+  if (has_bias != cache_has_bias) throw py::value_error("weights: bias presence differs from the forward call");
+  a.weights = w.data();
+  std::vector<py::array> keep;
+  auto m = get_masks<T>(masks, s, keep);
+  a.dropout_masks = m.empty() ? nullptr : m.data();
+  a.dy = checked<T>(dy, "dy", {s.T, s.B, s.D * s.H});
+  py::array dhna, dcna;
+  if (!dhn.is_none()) { dhna = as_array(dhn, "dh_n"); a.dhn = checked<T>(dhna, "dh_n", state_shape); }
+  if (!dcn.is_none()) {
+    if (!lstm) throw py::value_error("dc_n: only an LSTM has a cell state");
+    dcna = as_array(dcn, "dc_n");
+    a.dcn = checked<T>(dcna, "dc_n", state_shape);
+  }
+  if ((int64_t)py::len(grads) != s.L * s.D)
+    throw py::value_error("grads: expected " + std::to_string(s.L * s.D) + " entries, got " + std::to_string(py::len(grads)));
+  std::vector<fastrnn::LayerGrads<T>> g(s.L * s.D);
+  for (int64_t k = 0; k < s.L * s.D; ++k) {
+    py::sequence t = py::reinterpret_borrow<py::sequence>(grads[k]);
+    if (py::len(t) != 4) throw py::value_error("grads[" + std::to_string(k) + "]: expected (dw_ih, dw_hh, db_ih, db_hh)");
+    g[k].w_ih = checked_mutable<T>(as_array(t[0], "grads"), wname(s, k, "grad weight_ih"), {GH, s.input_size(k / s.D)});
+    g[k].w_hh = checked_mutable<T>(as_array(t[1], "grads"), wname(s, k, "grad weight_hh"), {GH, s.H});
+    if (has_bias) {
+      g[k].b_ih = checked_mutable<T>(as_array(t[2], "grads"), wname(s, k, "grad bias_ih"), {GH});
+      g[k].b_hh = checked_mutable<T>(as_array(t[3], "grads"), wname(s, k, "grad bias_hh"), {GH});
+    }
+  }
+  a.grads = g.data();
+  auto dx = new_array<T>({s.T, s.B, s.I});
+  auto dh0 = new_array<T>(state_shape);
+  py::object dc0 = py::none();
+  a.dx = dx.mutable_data();
+  a.dh0 = dh0.mutable_data();
+  if (lstm) {
+    auto d = new_array<T>(state_shape);
+    a.dc0 = d.mutable_data();
+    dc0 = d;
+  }
+  {
+    py::gil_scoped_release nogil;
+    fastrnn::recurrent_backward<T>(cache, a);
+  }
+  return py::make_tuple(dx, dh0, dc0);
+}
+
+}  // namespace
+
+void bind_recurrent(py::module_& m) {
+  py::class_<RecurrentCacheHandle>(m, "RecurrentCache", "Opaque training cache of a recurrent forward pass.")
+      .def_property_readonly("mode", [](const RecurrentCacheHandle& c) { return static_cast<int>(c.shape.mode); })
+      .def_property_readonly("shape", [](const RecurrentCacheHandle& c) {
+        return py::make_tuple(c.shape.T, c.shape.B, c.shape.I, c.shape.H, c.shape.L, c.shape.D);
+      })
+      .def_property_readonly("dtype", [](const RecurrentCacheHandle& c) { return c.f64 ? "float64" : "float32"; })
+      .def_property_readonly("has_bias", [](const RecurrentCacheHandle& c) { return c.has_bias; })
+      .def_property_readonly("nbytes", &RecurrentCacheHandle::nbytes);
+
+  m.def(
+      "recurrent_forward",
+      [](int mode, py::array x, py::sequence weights, py::object h0, py::object c0, py::object lengths,
+         py::object masks, int64_t num_layers, int64_t num_directions, int64_t hidden_size, bool need_cache) {
+        if (x.ndim() != 3) throw py::value_error("x: expected a 3-d array (T, B, I), got " + shape_str(shape_of(x)));
+        if (num_layers < 1) throw py::value_error("num_layers: expected >= 1");
+        if (num_directions != 1 && num_directions != 2) throw py::value_error("num_directions: expected 1 or 2");
+        if (hidden_size < 1) throw py::value_error("hidden_size: expected >= 1");
+        RecurrentShape s{to_mode(mode), x.shape(0), x.shape(1), x.shape(2), hidden_size, num_layers, num_directions};
+        check_sizes(s);
+        if (is_f32(x)) return forward_impl<float>(s, x, weights, h0, c0, lengths, masks, need_cache);
+        if (is_f64(x)) return forward_impl<double>(s, x, weights, h0, c0, lengths, masks, need_cache);
+        throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
+      },
+      py::arg("mode"), py::arg("x"), py::arg("weights"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
+      py::arg("dropout_masks"), py::arg("num_layers"), py::arg("num_directions"), py::arg("hidden_size"),
+      py::arg("need_cache"),
+      "Time-major multi-layer recurrent forward. Returns (y, h_n, c_n or None, cache or None).");
+
+  m.def(
+      "recurrent_backward",
+      [](RecurrentCacheHandle& c, py::array x, py::sequence weights, py::object masks, py::array dy, py::object dhn,
+         py::object dcn, py::sequence grads) {
+        if (c.f64) return backward_impl<double>(*c.c64, c.shape, c.has_bias, x, weights, masks, dy, dhn, dcn, grads);
+        return backward_impl<float>(*c.c32, c.shape, c.has_bias, x, weights, masks, dy, dhn, dcn, grads);
+      },
+      py::arg("cache"), py::arg("x"), py::arg("weights"), py::arg("dropout_masks"), py::arg("dy"), py::arg("dh_n"),
+      py::arg("dc_n"), py::arg("grads"),
+      "BPTT through a cached forward. Accumulates into grads; returns (dx, dh0, dc0 or None).");
+}
+
+}  // namespace fastrnn_py

@@ -1,0 +1,74 @@
+// Shared helpers for the bindings: every array that reaches the core is checked here for
+// dtype, shape and contiguity, so a bad call raises ValueError/TypeError naming the argument
+// instead of crashing. The Python layer prepares arrays (dtype, C order) before calling.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fastrnn_py {
+
+namespace py = pybind11;
+
+inline std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  if (s.size() == 1) o << ",";
+  o << ")";
+  return o.str();
+}
+
+inline std::vector<int64_t> shape_of(const py::array& a) {
+  std::vector<int64_t> s(a.ndim());
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s[i] = a.shape(i);
+  return s;
+}
+
+// The dtype ("float32"/"float64") every array of one call must share.
+inline bool is_f32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
+inline bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+
+inline py::array as_array(py::handle h, const char* name) {
+  if (!py::isinstance<py::array>(h)) throw py::type_error(std::string(name) + ": expected a numpy array");
+  return py::reinterpret_borrow<py::array>(h);
+}
+
+// Checks dtype T, exact shape and C-contiguity; returns the data pointer.
+template <typename T>
+const T* checked(const py::array& a, const std::string& name, const std::vector<int64_t>& shape) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(name + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+                         ", got " + std::string(py::str(a.dtype())));
+  if (shape_of(a) != shape)
+    throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " + shape_str(shape_of(a)));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(name + ": expected a C-contiguous array");
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* checked_mutable(const py::array& a, const std::string& name, const std::vector<int64_t>& shape) {
+  const T* p = checked<T>(a, name, shape);
+  if (!a.writeable()) throw py::value_error(name + ": expected a writeable array");
+  return const_cast<T*>(p);
+}
+
+template <typename T>
+py::array_t<T> new_array(const std::vector<int64_t>& shape) {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  return py::array_t<T>(s);
+}
+
+inline int64_t product(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (int64_t v : s) n *= v;
+  return n;
+}
+
+}  // namespace fastrnn_py

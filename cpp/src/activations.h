@@ -1,0 +1,43 @@
+// Activations and their derivatives from OUTPUTS (sigmoid' = s(1-s), tanh' = 1-t^2).
+// float: a branch-free exp (Cephes polynomial, ~1 ulp on the reduced range) that compilers
+// vectorize inside `#pragma omp simd` loops; double: the C library (full precision, the tight
+// float64 tests compare against NumPy). Everything has internal linkage: this header is
+// included by the per-ISA translation units, which must not share symbols.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace fastrnn {
+namespace {
+
+inline float exp_approx(float x) {
+  // NaN passes through every comparison below unchanged and is returned as is.
+  float xc = x < -87.0f ? -87.0f : x;
+  xc = xc > 88.0f ? 88.0f : xc;
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x/ln2)
+  const float r = xc - n * 0.693359375f - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float out = p * scale;
+  return x != x ? x : out;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+inline float tanh_(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh_(double x) { return std::tanh(x); }
+
+template <typename T> inline T relu(T x) { return x > T(0) ? x : (x != x ? x : T(0)); }
+
+}  // namespace
+}  // namespace fastrnn

@@ -1,0 +1,2 @@
+// Attention kernels (scaled dot-product, additive): see attention.h.
+#include <fastrnn/fastrnn.h>

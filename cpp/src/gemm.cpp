@@ -1,0 +1,66 @@
+#include "gemm.h"
+
+#include <cblas.h>
+
+#include <string>
+#include <vector>
+
+#include <fastrnn/fastrnn.h>
+
+namespace fastrnn {
+
+namespace {
+inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
+}  // namespace
+
+template <>
+void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // BLAS may skip the beta scaling when K == 0; do it here
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
+    return;
+  }
+  scipy_cblas_sgemm(CblasRowMajor, tr(ta), tr(tb), (blasint)M, (blasint)N, (blasint)K, alpha, A,
+                    (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+}
+
+template <>
+void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                  int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0. ? 0. : beta * C[i * ldc + j];
+    return;
+  }
+  scipy_cblas_dgemm(CblasRowMajor, tr(ta), tr(tb), (blasint)M, (blasint)N, (blasint)K, alpha, A,
+                    (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+}
+
+template <typename T>
+void add_column_sums(int64_t M, int64_t N, const T* A, int64_t lda, T* y) {
+  if (M == 0 || N == 0) return;
+  // A^T (N, M) @ ones (M,) as a GEMV: reads A once, row-major friendly.
+  std::vector<T> ones(static_cast<size_t>(M), T(1));
+  if constexpr (sizeof(T) == 4)
+    scipy_cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)M, (blasint)N, 1.f, A, (blasint)lda,
+                      ones.data(), 1, 1.f, y, 1);
+  else
+    scipy_cblas_dgemv(CblasRowMajor, CblasTrans, (blasint)M, (blasint)N, 1.0, A, (blasint)lda,
+                      ones.data(), 1, 1.0, y, 1);
+}
+template void add_column_sums<float>(int64_t, int64_t, const float*, int64_t, float*);
+template void add_column_sums<double>(int64_t, int64_t, const double*, int64_t, double*);
+
+void blas_set_threads(int n) { scipy_openblas_set_num_threads(n); }
+
+}  // namespace fastrnn
+
+namespace fastrnn {
+std::string blas_info() {
+  const char* cfg = scipy_openblas_get_config();
+  return cfg ? std::string(cfg) : std::string("OpenBLAS " FASTRNN_OPENBLAS_VERSION);
+}
+}  // namespace fastrnn
