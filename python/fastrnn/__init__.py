@@ -1,0 +1,57 @@
+"""fastrnn: fast recurrent cells (RNN, LSTM, GRU) and attention for NumPy code.
+
+The hot loops run in C++ with OpenMP and a bundled OpenBLAS; every result is checked against
+the plain-NumPy oracle in `fastrnn.reference`, which has the same classes and functions.
+"""
+import os as _os
+
+from ._version import __version__
+
+# The bundled OpenBLAS reads this when it loads (below): its idle worker threads stop spinning
+# after ~2^4 cycles instead of the default 2^28, so they do not steal cores from the OpenMP
+# threads of the recurrent kernels. It only affects fastrnn's private OpenBLAS copy (NumPy's
+# own BLAS was initialised before), and the caller's setting, if any, wins.
+_saved = _os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+try:
+    from . import _core
+finally:
+    if _saved is None:
+        del _os.environ["OPENBLAS_THREAD_TIMEOUT"]
+
+from . import functional, init, losses, optim, reference  # noqa: E402
+from ._threads import build_info, get_num_threads, set_num_threads  # noqa: E402
+from .clip import clip_grad_norm, clip_grad_value  # noqa: E402
+from .layers import recurrent as _recurrent_layers  # noqa: E402
+from .layers.basic import Dropout, Embedding, Linear  # noqa: E402
+
+__all__ = [
+    "__version__", "functional", "reference", "optim", "losses", "init",
+    "build_info", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Embedding", "Linear", "Dropout",
+]
+
+
+# Recurrent layers: the shared classes bound to the C++ backend
+class RNN(_recurrent_layers.RNN):
+    _F = functional
+
+
+class LSTM(_recurrent_layers.LSTM):
+    _F = functional
+
+
+class GRU(_recurrent_layers.GRU):
+    _F = functional
+
+
+class RNNCell(_recurrent_layers.RNNCell):
+    _F = functional
+
+
+class LSTMCell(_recurrent_layers.LSTMCell):
+    _F = functional
+
+
+class GRUCell(_recurrent_layers.GRUCell):
+    _F = functional

@@ -1,0 +1,402 @@
+"""`fastrnn bench`: fastrnn against the NumPy reference and PyTorch, in one process.
+
+Every backend runs the same problem alternately (A, B, C, A, B, C, ...) at the same thread
+count, and medians are reported, because shared machines are noisy. Rates are given in
+GFLOP/s and as a fraction of the GEMM rate the bundled BLAS reaches on this machine in the
+same run (SGEMM 2048^3 for float32), the practical ceiling of these kernels.
+
+FLOPs of one recurrent layer: 2*T*B*(I+H)*G*H forward, 3x that forward+backward.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from . import _core
+from ._threads import build_info, get_num_threads, set_num_threads
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def default_grid() -> dict:
+    return json.loads(resources.files("fastrnn").joinpath("bench_grid.json").read_text())
+
+
+@dataclass
+class Row:
+    kind: str                # "recurrent", "cell_step", "sdpa", "gemm"
+    cell: str
+    mode: str                # "forward" | "forward+backward"
+    shape: list
+    dtype: str
+    threads: int
+    seconds: dict = field(default_factory=dict)   # backend -> median seconds
+    runs: dict = field(default_factory=dict)      # backend -> number of timed runs
+    flops: float = 0.0
+
+    def gflops(self, backend):
+        s = self.seconds.get(backend)
+        return self.flops / s / 1e9 if s and self.flops else None
+
+
+def _try_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _alternate(fns: dict, min_runs: int, budget: float) -> tuple[dict, dict]:
+    """Time each callable alternately; one warm-up each, then rounds until `min_runs` rounds
+    are done and the time budget is spent (or 50 rounds). Returns (medians, run counts)."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_runs or (time.perf_counter() - start < budget and rounds < 50):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+        rounds += 1
+    return {k: statistics.median(v) for k, v in times.items()}, {k: len(v) for k, v in times.items()}
+
+
+def gemm_rate(dtype: str, n: int = 2048, runs: int = 5) -> float:
+    """GFLOP/s of the bundled BLAS on an n^3 GEMM (median of `runs`)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    _core.blas_matmul(a, b)
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        _core.blas_matmul(a, b)
+        ts.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / statistics.median(ts) / 1e9
+
+
+# ------------------------------------------------------------------------- problem builders
+
+def _recurrent_fns(cell, shape, dtype, mode, backends, torch):
+    import fastrnn as fr
+    T, B, I, H = shape
+    cls = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[cell]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    fns = {}
+    layers = {}
+    for name in backends:
+        if name == "torch":
+            continue
+        mod = fr if name == "fastrnn" else fr.reference
+        layer = getattr(mod, cls)(I, H, dtype=dtype, seed=0)
+        layers[name] = layer
+        if mode == "forward":
+            fns[name] = (lambda layer=layer: layer(x))
+        else:
+            dy = np.ones((T, B, H), dtype)
+
+            def fb(layer=layer, dy=dy):
+                y, _, cache = layer.forward(x)
+                layer.backward(cache, dy)
+            fns[name] = fb
+    if "torch" in backends and torch is not None:
+        tdtype = torch.float32 if dtype == "float32" else torch.float64
+        tl = getattr(torch.nn, cls)(I, H).to(tdtype)
+        xt = torch.from_numpy(x)
+        if mode == "forward":
+            def tf():
+                with torch.no_grad():
+                    tl(xt)
+            fns["torch"] = tf
+        else:
+            xg = xt.clone().requires_grad_(True)
+
+            def tfb():
+                y, _ = tl(xg)
+                y.backward(torch.ones_like(y))
+            fns["torch"] = tfb
+    return fns
+
+
+def _cell_fns(cell, shape, dtype, backends, torch):
+    import fastrnn as fr
+    B, I, H = shape
+    cls = {"rnn": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}[cell]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B, I)).astype(dtype)
+    h = rng.standard_normal((B, H)).astype(dtype)
+    state = (h, h.copy()) if cell == "lstm" else h
+    fns = {}
+    for name in backends:
+        if name == "torch":
+            continue
+        mod = fr if name == "fastrnn" else fr.reference
+        c = getattr(mod, cls)(I, H, dtype=dtype, seed=0)
+        fns[name] = (lambda c=c: c(x, state))
+    if "torch" in backends and torch is not None:
+        tdtype = torch.float32 if dtype == "float32" else torch.float64
+        tc = getattr(torch.nn, cls)(I, H).to(tdtype)
+        xt, ht = torch.from_numpy(x), torch.from_numpy(h)
+        tstate = (ht, ht.clone()) if cell == "lstm" else ht
+
+        def tf():
+            with torch.no_grad():
+                tc(xt, tstate)
+        fns["torch"] = tf
+    return fns
+
+
+def _time_cell(fns, budget):
+    """Per-call time of tiny calls: batches of 200 calls, alternating, median per call."""
+    batch = 200
+    looped = {k: (lambda fn=fn: [fn() for _ in range(batch)]) for k, fn in fns.items()}
+    med, runs = _alternate(looped, min_runs=5, budget=budget)
+    return {k: v / batch for k, v in med.items()}, {k: runs[k] * batch for k in runs}
+
+
+def _sdpa_fns(shape, dtype, mode, backends, torch):
+    import fastrnn as fr
+    B, heads, L, E, causal = shape
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((B, heads, L, E)).astype(dtype) for _ in range(3))
+    fns = {}
+    for name in backends:
+        if name == "torch":
+            continue
+        F = fr.functional if name == "fastrnn" else fr.reference.functional
+        if not hasattr(F, "scaled_dot_product_attention"):
+            continue
+        if mode == "forward":
+            fns[name] = (lambda F=F: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+        else:
+            dout = np.ones((B, heads, L, E), dtype)
+
+            def fb(F=F):
+                _, cache = F.scaled_dot_product_attention_forward(q, k, v, is_causal=causal)
+                F.scaled_dot_product_attention_backward(cache, dout)
+            fns[name] = fb
+    if "torch" in backends and torch is not None:
+        import torch.nn.functional as TF
+        qt, kt, vt = (torch.from_numpy(a) for a in (q, k, v))
+        if mode == "forward":
+            def tf():
+                with torch.no_grad():
+                    TF.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+            fns["torch"] = tf
+        else:
+            qg, kg, vg = (a.clone().requires_grad_(True) for a in (qt, kt, vt))
+
+            def tfb():
+                out = TF.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+                out.backward(torch.ones_like(out))
+            fns["torch"] = tfb
+    return fns
+
+
+def _sdpa_flops(shape, mode):
+    B, heads, L, E, causal = shape
+    f = 4.0 * B * heads * L * L * E * (0.5 if causal else 1.0)
+    return f if mode == "forward" else 3.5 * f
+
+
+# ------------------------------------------------------------------------------- the runner
+
+def run(cells=None, shapes=None, threads=None, dtype="float32", modes=None, include_reference=True,
+        include_torch=True, budget=1.0, progress=True, sections=("recurrent", "cell_step", "sdpa")) -> dict:
+    """Run the benchmark grid; returns {"machine": ..., "gemm_gflops": ..., "rows": [...]}."""
+    grid = default_grid()
+    cells = cells or grid["cells"]
+    modes = modes or grid["modes"]
+    if threads is not None:
+        set_num_threads(threads)
+    threads = get_num_threads()
+    torch = _try_torch() if include_torch else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    backends = ["fastrnn"] + (["torch"] if torch is not None else []) + (["reference"] if include_reference else [])
+    rec_shapes = shapes or grid["recurrent"]
+
+    plan = []
+    if "recurrent" in sections:
+        plan += [("recurrent", c, m, s) for s in rec_shapes for c in cells for m in modes]
+    if "cell_step" in sections:
+        plan += [("cell_step", c, "forward", s) for s in grid["cell_step"] for c in cells]
+    if "sdpa" in sections:
+        plan += [("sdpa", "sdpa", m, s) for s in grid["attention"] for m in modes]
+
+    bar = _progress(len(plan) + 1, progress)
+    bar.set_description("gemm 2048^3")
+    gemm = gemm_rate(dtype)
+    bar.update(1)
+    rows = []
+    for kind, cell, mode, shape in plan:
+        bar.set_description(f"{kind} {cell} {mode} {shape}")
+        # the reference is plain NumPy: only where one call stays well under a second
+        use = [b for b in backends if b != "reference" or _reference_ok(kind, shape)]
+        if kind == "recurrent":
+            fns = _recurrent_fns(cell, shape, dtype, mode, use, torch)
+            T, B, I, H = shape
+            flops = 2.0 * T * B * (I + H) * GATES[cell] * H * (1 if mode == "forward" else 3)
+            med, runs = _alternate(fns, min_runs=3, budget=budget)
+        elif kind == "cell_step":
+            fns = _cell_fns(cell, shape, dtype, use, torch)
+            B, I, H = shape
+            flops = 2.0 * B * (I + H) * GATES[cell] * H
+            med, runs = _time_cell(fns, budget / 2)
+        else:
+            fns = _sdpa_fns(shape, dtype, mode, use, torch)
+            if "fastrnn" not in fns:
+                bar.update(1)
+                continue
+            flops = _sdpa_flops(shape, mode)
+            med, runs = _alternate(fns, min_runs=3, budget=budget)
+        rows.append(Row(kind, cell, mode, list(shape), dtype, threads, med, runs, flops))
+        bar.update(1)
+    bar.close()
+    return {
+        "machine": machine_info(),
+        "build": build_info(),
+        "torch": None if torch is None else torch.__version__,
+        "threads": threads,
+        "dtype": dtype,
+        "gemm_gflops": gemm,
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def _reference_ok(kind, shape):
+    if kind == "recurrent":
+        T, B, I, H = shape
+        return T * B * (I + H) * H <= 100 * 32 * 512 * 256
+    if kind == "sdpa":
+        B, heads, L, E, _ = shape
+        return B * heads * L * L <= 8 * 8 * 512 * 512
+    return True
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
+
+
+class _NoBar:
+    def __init__(self, total, enabled):
+        self.total, self.n, self.enabled, self.desc = total, 0, enabled, ""
+
+    def set_description(self, d):
+        self.desc = d
+        if self.enabled:
+            print(f"\r[{self.n}/{self.total}] {d[:70]:<70}", end="", file=sys.stderr, flush=True)
+
+    def update(self, k):
+        self.n += k
+
+    def close(self):
+        if self.enabled:
+            print("\r" + " " * 80 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def _progress(total, enabled):
+    if enabled:
+        try:
+            from tqdm import tqdm
+            return tqdm(total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+        except ImportError:
+            pass
+    return _NoBar(total, enabled and sys.stderr.isatty())
+
+
+# ----------------------------------------------------------------------------------- output
+
+def _fmt_time(s):
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def format_table(result: dict) -> str:
+    rows = result["rows"]
+    gemm = result["gemm_gflops"]
+    has_torch = result["torch"] is not None
+    m = result["machine"]
+    out = [f"fastrnn {result['build']['version']} | {m['cpu']} | {result['threads']} threads | "
+           f"simd {result['build']['simd']} | {result['dtype']}",
+           f"BLAS GEMM 2048^3 ({result['dtype']}): {gemm:.1f} GFLOP/s (the ceiling below: '% gemm')",
+           "PyTorch " + (result["torch"] if has_torch else "not installed (pip install torch==2.13.0 to compare)"),
+           ""]
+    head = ["what", "mode", "shape", "fastrnn", "GFLOP/s", "% gemm"]
+    if has_torch:
+        head += ["torch", "vs torch"]
+    head += ["reference", "vs ref"]
+    table = [head]
+    for r in rows:
+        s = r["seconds"]
+        f = s.get("fastrnn")
+        gf = r["flops"] / f / 1e9 if f and r["flops"] else None
+        line = [r["cell"] if r["kind"] != "cell_step" else f"{r['cell']} step", r["mode"],
+                "x".join(str(v) for v in r["shape"]), _fmt_time(f),
+                "-" if gf is None else f"{gf:.1f}", "-" if gf is None else f"{100 * gf / gemm:.0f}%"]
+        if has_torch:
+            t = s.get("torch")
+            line += [_fmt_time(t), "-" if not (t and f) else f"{t / f:.2f}x"]
+        ref = s.get("reference")
+        line += [_fmt_time(ref), "-" if not (ref and f) else f"{ref / f:.1f}x"]
+        table.append(line)
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for i, row in enumerate(table):
+        out.append("  ".join(str(v).rjust(w) if j >= 3 else str(v).ljust(w) for j, (v, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    out.append("")
+    out.append("Shapes: recurrent T x B x I x H (one layer), cell step B x I x H, sdpa B x heads x L x E x causal. "
+               "Medians of alternating runs; 'vs' = their time / fastrnn's time.")
+    return "\n".join(out)
+
+
+def plot(result: dict, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise SystemExit("--plot needs matplotlib: pip install 'fastrnn[plot]'") from exc
+    rows = [r for r in result["rows"] if "torch" in r["seconds"] or "reference" in r["seconds"]]
+    labels = [f"{r['cell']} {'fwd' if r['mode'] == 'forward' else 'f+b'}\n{'x'.join(map(str, r['shape']))}"
+              for r in rows]
+    vs_torch = [r["seconds"].get("torch", np.nan) / r["seconds"]["fastrnn"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows)), 5))
+    xs = np.arange(len(rows))
+    ax.bar(xs, vs_torch, color=["tab:green" if v >= 1 else "tab:red" for v in vs_torch])
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    ax.set_ylabel("speedup over PyTorch (x)")
+    ax.set_title(f"fastrnn vs PyTorch {result['torch']} - {result['machine']['cpu']}, {result['threads']} threads, "
+                 f"{result['dtype']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
