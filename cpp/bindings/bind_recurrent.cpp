@@ -203,9 +203,75 @@ py::tuple backward_impl(const fastrnn::RecurrentCache<T>& cache, const Recurrent
   return py::make_tuple(dx, dh0, dc0);
 }
 
+// An array argument of a cell call as T, C-contiguous: converted (copied) only when it is a
+// float array of the other precision or not contiguous; non-float input is a TypeError.
+template <typename T>
+py::array cell_operand(py::handle h, const char* name, const std::vector<int64_t>& shape) {
+  py::array a = as_array(h, name);
+  if (a.dtype().kind() != 'f') throw py::type_error(std::string(name) + ": expected a floating-point array, got dtype " + std::string(py::str(a.dtype())));
+  if (!a.dtype().is(py::dtype::of<T>()) || !(a.flags() & py::array::c_style))
+    a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+  checked<T>(a, name, shape);
+  return a;
+}
+
+template <typename T>
+py::object cell_impl(Mode mode, const py::array& x, const py::object& h, const py::object& c, const py::object& w_ih,
+                     const py::object& w_hh, const py::object& b_ih, const py::object& b_hh) {
+  if (x.ndim() != 2) throw py::value_error("x: expected a 2-d array (B, I), got " + shape_str(shape_of(x)));
+  const int64_t B = x.shape(0), I = x.shape(1);
+  py::array whh = as_array(w_hh, "w_hh");
+  if (whh.ndim() != 2) throw py::value_error("w_hh: expected a 2-d array (G*H, H), got " + shape_str(shape_of(whh)));
+  const int64_t H = whh.shape(1), GH = fastrnn::gate_count(mode) * H;
+  if (H < 1) throw py::value_error("w_hh: expected hidden size >= 1");
+  if ((long double)B * GH > INT_MAX || (long double)GH * std::max(I, H) > INT_MAX)
+    throw py::value_error("x: problem too large for the supported index range");
+  const bool lstm = mode == Mode::Lstm;
+  py::array xa = cell_operand<T>(x, "x", {B, I});
+  py::array wih = cell_operand<T>(w_ih, "w_ih", {GH, I});
+  whh = cell_operand<T>(whh, "w_hh", {GH, H});
+  if (b_ih.is_none() != b_hh.is_none()) throw py::value_error("b_ih: expected b_ih and b_hh both arrays or both None");
+  py::array bih, bhh, ha, ca;
+  fastrnn::LayerWeights<T> w{static_cast<const T*>(wih.data()), static_cast<const T*>(whh.data()), nullptr, nullptr};
+  if (!b_ih.is_none()) {
+    bih = cell_operand<T>(b_ih, "b_ih", {GH});
+    bhh = cell_operand<T>(b_hh, "b_hh", {GH});
+    w.b_ih = static_cast<const T*>(bih.data());
+    w.b_hh = static_cast<const T*>(bhh.data());
+  }
+  const T *hp = nullptr, *cp = nullptr;
+  if (!h.is_none()) { ha = cell_operand<T>(h, lstm ? "state[0]" : "state", {B, H}); hp = static_cast<const T*>(ha.data()); }
+  if (!c.is_none()) { ca = cell_operand<T>(c, "state[1]", {B, H}); cp = static_cast<const T*>(ca.data()); }
+  auto h_out = new_array<T>({B, H});
+  py::array_t<T> c_out;
+  if (lstm) c_out = new_array<T>({B, H});
+  T* hop = h_out.mutable_data();
+  T* cop = lstm ? c_out.mutable_data() : nullptr;
+  const T* xp = static_cast<const T*>(xa.data());
+  {
+    py::gil_scoped_release nogil;
+    fastrnn::cell_step<T>(mode, B, I, H, xp, hp, cp, w, hop, cop);
+  }
+  if (lstm) return py::make_tuple(h_out, c_out);
+  return h_out;
+}
+
 }  // namespace
 
 void bind_recurrent(py::module_& m) {
+  m.def(
+      "cell_step",
+      [](int mode, py::array x, py::object h, py::object c, py::object w_ih, py::object w_hh, py::object b_ih,
+         py::object b_hh) -> py::object {
+        const Mode md = to_mode(mode);
+        if (c.is_none() == false && md != Mode::Lstm) throw py::value_error("state: only an LSTM cell has (h, c)");
+        if (is_f32(x)) return cell_impl<float>(md, x, h, c, w_ih, w_hh, b_ih, b_hh);
+        if (is_f64(x)) return cell_impl<double>(md, x, h, c, w_ih, w_hh, b_ih, b_hh);
+        throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
+      },
+      py::arg("mode"), py::arg("x"), py::arg("h"), py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
+      py::arg("b_hh"), "One inference step of a cell: h_next, or (h_next, c_next) for LSTM.");
+
   py::class_<RecurrentCacheHandle>(m, "RecurrentCache", "Opaque training cache of a recurrent forward pass.")
       .def_property_readonly("mode", [](const RecurrentCacheHandle& c) { return static_cast<int>(c.shape.mode); })
       .def_property_readonly("shape", [](const RecurrentCacheHandle& c) {

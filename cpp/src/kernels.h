@@ -1,8 +1,9 @@
 // Pointwise recurrent-cell kernels (one time step, after the GEMMs), compiled once per ISA
 // level in kernels_isa.cpp and picked at run time by simd.cpp.
 //
-// A step works on `rows` batch rows. Row pointers advance by their ld; state rows are (rows, H)
-// contiguous. `active[b] == 0` marks a padding step: the state passes through, y is 0, and in
+// A step works on `rows` batch rows and on `n` hidden units starting where the pointers point
+// (a thread's slice of [0, H)); gate g of a unit is at offset g*H from the row pointer, and
+// state rows are H apart. Row pointers advance by their ld. `active[b] == 0` marks a padding step: the state passes through, y is 0, and in
 // backward the gate gradients are 0 and the carries pass through unchanged.
 #pragma once
 
@@ -12,7 +13,7 @@ namespace fastrnn {
 
 template <typename T>
 struct StepArgs {
-  int64_t rows, H;
+  int64_t rows, n, H;
   const T* gx; int64_t ldgx;      // (rows, G*H) x @ w_ih^T for this step (no bias)
   const T* gh; int64_t ldgh;      // (rows, G*H) h_prev @ w_hh^T (no bias)
   const T* b_ih; const T* b_hh;   // (G*H,), zeros when the layer has no bias (never null)
@@ -26,7 +27,7 @@ struct StepArgs {
 
 template <typename T>
 struct StepBackArgs {
-  int64_t rows, H;
+  int64_t rows, n, H;
   const T* gates; int64_t ldgates;  // cached post-activation gates (rows, Gc*H)
   const T* h_prev; const T* h_out;  // (rows, H)
   const T* c_prev; const T* c_out;  // (rows, H), LSTM only
@@ -39,26 +40,37 @@ struct StepBackArgs {
   const uint8_t* active;
 };
 
+// The recurrent product of one step runs in our own register-blocked kernel on a packed copy
+// of w_hh (no BLAS call inside the time loop, so it can run inside the persistent OpenMP
+// region). A packed panel is (K, nr): nr consecutive output columns, K-major, zero-padded.
+//   panel(M, K, A, lda, Bp, C, ldc, ncols, accumulate):
+//     C[:M, :ncols] (+)= A (M, K) @ Bp (K, nr)[:, :ncols]
 template <typename T>
-struct PointwiseKernels {
+struct IsaKernels {
   void (*forward[4])(const StepArgs<T>&);      // indexed by Mode
   void (*backward[4])(const StepBackArgs<T>&);
+  int nr;                                      // panel width: two SIMD vectors
+  void (*panel)(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
+                int64_t ncols, bool accumulate);
+  // C (M, N) = A (M, K) @ W^T, W (N, K) row-major and unpacked: small products (cell steps)
+  void (*gemm_nt_small)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W,
+                        int64_t ldw, T* C, int64_t ldc);
 };
 
-const PointwiseKernels<float>& pointwise_kernels_f32();
-const PointwiseKernels<double>& pointwise_kernels_f64();
+const IsaKernels<float>& isa_kernels_f32();
+const IsaKernels<double>& isa_kernels_f64();
 
 template <typename T>
-inline const PointwiseKernels<T>& pointwise_kernels() {
-  if constexpr (sizeof(T) == 4) return pointwise_kernels_f32();
-  else return pointwise_kernels_f64();
+inline const IsaKernels<T>& isa_kernels() {
+  if constexpr (sizeof(T) == 4) return isa_kernels_f32();
+  else return isa_kernels_f64();
 }
 
 // Per-ISA entry points (defined in kernels_isa.cpp, one namespace per level).
 #define FASTRNN_DECLARE_ISA(ns)                              \
   namespace ns {                                             \
-  void fill_kernels(PointwiseKernels<float>* k);             \
-  void fill_kernels(PointwiseKernels<double>* k);            \
+  void fill_kernels(IsaKernels<float>* k);                   \
+  void fill_kernels(IsaKernels<double>* k);                  \
   }
 FASTRNN_DECLARE_ISA(avx512)
 FASTRNN_DECLARE_ISA(avx2)

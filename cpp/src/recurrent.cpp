@@ -3,8 +3,10 @@
 //
 // Per layer:  1. input projection for all T steps as ONE GEMM per direction
 //                (T*B, I_l) x (I_l, G*H), written straight into the gates cache;
-//             2. the recurrence: per step one small GEMM (B, H) x (H, G*H) and one fused
-//                pointwise kernel; the two directions run concurrently on their own threads;
+//             2. the recurrence in one persistent OpenMP region: per step each thread
+//                multiplies h by its packed slice of w_hh (own SIMD kernel, no BLAS) and runs
+//                the fused pointwise cell update of its units; one barrier per step; the two
+//                directions run on separate threads;
 //             3. backward: the reverse loop produces dG for every step, then the weight
 //                gradients and dx are single GEMMs over all steps:
 //                dW_ih += dG^T X,  dW_hh += dG^T H_prev,  dX = dG W_ih.
@@ -17,7 +19,6 @@
 #include <cstring>
 #include <exception>
 #include <new>
-#include <thread>
 
 #include "gemm.h"
 #include "kernels.h"
@@ -59,89 +60,6 @@ template struct RecurrentCache<double>;
 
 namespace {
 
-// Pointwise work below this many gate elements per step runs on the calling thread: an
-// OpenMP fork/join costs more than it saves.
-constexpr int64_t kParallelPointwise = 32768;
-
-template <typename Args, typename Fn>
-void run_pointwise(Fn fn, const Args& a, int64_t gates_per_row, int threads) {
-  const int64_t rows = a.rows;
-  if (threads <= 1 || rows < 2 || rows * gates_per_row < kParallelPointwise) {
-    fn(a);
-    return;
-  }
-  const int nt = static_cast<int>(std::min<int64_t>(threads, rows));
-#pragma omp parallel num_threads(nt)
-  {
-    const int id = omp_get_thread_num();
-    const int64_t b0 = rows * id / nt, b1 = rows * (id + 1) / nt;
-    Args part = a;
-    part.rows = b1 - b0;
-    part.advance(b0);
-    fn(part);
-  }
-}
-
-}  // namespace
-
-// Row advancing for the parallel split (defined here: the structs are plain data in kernels.h).
-template <typename T>
-struct StepFwd : StepArgs<T> {
-  void advance(int64_t b) {
-    const int64_t H = this->H;
-    this->gx += b * this->ldgx;
-    this->gh += b * this->ldgh;
-    this->h_prev += b * H;
-    this->h_out += b * H;
-    if (this->c_prev) { this->c_prev += b * H; this->c_out += b * H; }
-    if (this->gates) this->gates += b * this->ldgates;
-    this->y += b * this->ldy;
-    if (this->active) this->active += b;
-  }
-};
-template <typename T>
-struct StepBwd : StepBackArgs<T> {
-  void advance(int64_t b) {
-    const int64_t H = this->H;
-    this->gates += b * this->ldgates;
-    this->h_prev += b * H;
-    this->h_out += b * H;
-    if (this->c_prev) { this->c_prev += b * H; this->c_out += b * H; }
-    this->dh += b * H;
-    if (this->dc) this->dc += b * H;
-    this->dy += b * this->lddy;
-    this->dgx += b * this->lddgx;
-    this->dgh += b * this->lddgh;
-    this->dh_prev += b * H;
-    if (this->dc_prev) this->dc_prev += b * H;
-    if (this->active) this->active += b;
-  }
-};
-
-namespace {
-
-// OpenBLAS runs a GEMM with M*N*K at or below this on the calling thread only.
-constexpr double kBlasSingleThreadMNK = 65536.0 * 4;
-
-// Runs fn(d, threads) for each direction. The two directions of a layer are independent:
-// when each step's GEMM is small enough that the BLAS runs it on the calling thread, they run
-// concurrently, each on its own OS thread (no OpenMP region is open there, so calling the
-// BLAS is safe); larger steps run one direction after the other with every thread.
-template <typename Fn>
-void for_each_direction(int64_t D, int threads, double step_mnk, Fn fn) {
-  if (D == 1) { fn(0, threads); return; }
-  if (threads < 2 || step_mnk > kBlasSingleThreadMNK) { fn(0, threads); fn(1, threads); return; }
-  const int t1 = threads / 2, t0 = threads - t1;
-  std::exception_ptr err1, err0;
-  std::thread other([&] {
-    try { fn(1, t1); } catch (...) { err1 = std::current_exception(); }
-  });
-  try { fn(0, t0); } catch (...) { err0 = std::current_exception(); }
-  other.join();
-  if (err0) std::rethrow_exception(err0);
-  if (err1) std::rethrow_exception(err1);
-}
-
 // active (T, B): 1 where step t is real for sequence b (t < lengths[b]); empty = all real.
 std::vector<uint8_t> make_active(const RecurrentShape& s, const int64_t* lengths) {
   std::vector<uint8_t> act;
@@ -163,6 +81,77 @@ struct Zeros {  // a shared zero vector standing in for absent biases / states
   const T* get() const { return buf.data(); }
 };
 
+// ---- the persistent time loop -------------------------------------------------------------
+// Hidden units are cut into blocks of nr (one packed panel wide). Each thread owns a range of
+// unit blocks of one direction, with all G gate rows of w_hh for them, for the whole sequence:
+// its slice of w_hh stays in its own cache, the cell update of its units needs nothing from
+// other threads, and one barrier per step publishes the new h. No BLAS call happens inside.
+
+// Forward packing: panel (g, jb) = output columns g*H + jb*nr .. +nr of h @ w_hh^T, K = H:
+//   Wp[((g*NB + jb)*H + k)*nr + i] = w_hh[g*H + jb*nr + i][k]   (0 past H)
+template <typename T>
+void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, T* out) {
+  const int64_t NB = (H + nr - 1) / nr;
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t jb = 0; jb < NB; ++jb) {
+      T* p = out + (g * NB + jb) * H * nr;
+      for (int64_t k = 0; k < H; ++k)
+        for (int64_t i = 0; i < nr; ++i) {
+          const int64_t j = jb * nr + i;
+          p[k * nr + i] = j < H ? w_hh[(g * H + j) * H + k] : T(0);
+        }
+    }
+}
+
+// Backward packing: panel jb = units jb*nr .. +nr of dG @ w_hh, K = G*H:
+//   Wt[(jb*GH + n)*nr + i] = w_hh[n][jb*nr + i]   (0 past H)
+template <typename T>
+void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, T* out) {
+  const int64_t NB = (H + nr - 1) / nr;
+  for (int64_t jb = 0; jb < NB; ++jb) {
+    T* p = out + jb * GH * nr;
+    for (int64_t n = 0; n < GH; ++n)
+      for (int64_t i = 0; i < nr; ++i) {
+        const int64_t j = jb * nr + i;
+        p[n * nr + i] = j < H ? w_hh[n * H + j] : T(0);
+      }
+  }
+}
+
+struct Slice { int64_t d, jb0, jb1; };  // direction d, unit blocks [jb0, jb1)
+
+// Which slices each of nt threads owns. Two directions and >= 2 threads: the team is split
+// between the directions (they are independent); otherwise every thread takes a share of
+// every direction.
+std::vector<std::vector<Slice>> plan_threads(int64_t D, int64_t NB, int nt) {
+  std::vector<std::vector<Slice>> plan(nt);
+  if (D == 2 && nt >= 2) {
+    const int n0 = (nt + 1) / 2, n1 = nt - n0;
+    for (int t = 0; t < n0; ++t) plan[t].push_back({0, NB * t / n0, NB * (t + 1) / n0});
+    for (int t = 0; t < n1; ++t) plan[n0 + t].push_back({1, NB * t / n1, NB * (t + 1) / n1});
+  } else {
+    for (int t = 0; t < nt; ++t)
+      for (int64_t d = 0; d < D; ++d) plan[t].push_back({d, NB * t / nt, NB * (t + 1) / nt});
+  }
+  return plan;
+}
+
+// Threads for a layer's time loop: one when the whole loop is too small to pay for barriers,
+// never more than there are slices.
+int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64_t D, int64_t NB) {
+  const double macs = double(T) * B * GH * H * D;
+  if (threads <= 1 || macs < double(1 << 17)) return 1;
+  return static_cast<int>(std::min<int64_t>(threads, D * NB));
+}
+
+// body(tid) on nt threads, or on the calling thread alone (no region) when nt == 1.
+template <typename Body>
+void persistent(int nt, Body body) {
+  if (nt <= 1) { body(0); return; }
+#pragma omp parallel num_threads(nt)
+  body(omp_get_thread_num());
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------ forward
@@ -175,8 +164,9 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
   const int64_t GH = G * H, BH = B * H, DH = D * H;
   const bool lstm = s.mode == Mode::Lstm, train = cache != nullptr;
   const int threads = num_threads();
-  const auto& kern = pointwise_kernels<T>();
+  const auto& kern = isa_kernels<T>();
   const auto fwd = kern.forward[static_cast<int>(s.mode)];
+  const int64_t ldgx = train ? Gc * H : GH;  // row stride of the input projection / gates
 
   const std::vector<uint8_t> active = make_active(s, a.lengths);
   const Zeros<T> zeros(static_cast<size_t>(std::max(GH, BH)));
@@ -204,8 +194,14 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
       if (lstm) c_scratch.emplace_back(static_cast<size_t>(2 * BH));
     }
   }
-  std::vector<Buffer<T>> gh_scratch;
-  for (int64_t d = 0; d < D; ++d) gh_scratch.emplace_back(static_cast<size_t>(BH * G));
+  std::vector<Buffer<T>> gh_scratch, packed;
+  {
+    const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
+    for (int64_t d = 0; d < D; ++d) {
+      gh_scratch.emplace_back(static_cast<size_t>(BH * G));
+      packed.emplace_back(static_cast<size_t>(G * NB * H * nr));
+    }
+  }
 
   const T* X = a.x;  // input of the current layer, (T, B, I_l)
   for (int64_t l = 0; l < L; ++l) {
@@ -217,45 +213,69 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
     for (int64_t d = 0; d < D; ++d) {
       const LayerWeights<T>& w = a.weights[l * D + d];
       T* gx = train ? cache->gates[l * D + d].data() : gx_scratch[d].data();
-      const int64_t ldgx = train ? Gc * H : GH;
       gemm<T>(false, true, T_ * B, GH, I_l, T(1), X, I_l, w.w_ih, I_l, T(0), gx, ldgx);
     }
 
-    // 2. the recurrence
-    for_each_direction(D, threads, double(B) * GH * H, [&](int64_t d, int dthreads) {
+    // 2. the recurrence: one persistent region for all steps of both directions
+    const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
+    const int nt = loop_threads(threads, T_, B, GH, H, D, NB);
+    const auto plan = plan_threads(D, NB, nt);
+    for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
-      const LayerWeights<T>& w = a.weights[k];
-      T* gx = train ? cache->gates[k].data() : gx_scratch[d].data();
-      const int64_t ldgx = train ? Gc * H : GH;
+      pack_forward(a.weights[k].w_hh, G, H, nr, packed[d].data());
       T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
-      T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
-      T* gh = gh_scratch[d].data();
       const int64_t first = train ? (d == 0 ? 0 : T_) : 0;
       std::memcpy(hbuf + first * BH, a.h0 ? a.h0 + k * BH : zeros.get(), BH * sizeof(T));
-      if (lstm) std::memcpy(cbuf + first * BH, a.c0 ? a.c0 + k * BH : zeros.get(), BH * sizeof(T));
-      int64_t last_slot = first;
-      for (int64_t step = 0; step < T_; ++step) {
-        const int64_t t = d == 0 ? step : T_ - 1 - step;
-        const int64_t ps = train ? prev_slot(d, t) : (step & 1);
-        const int64_t os = train ? out_slot(d, t) : ((step + 1) & 1);
-        gemm<T>(false, true, B, GH, H, T(1), hbuf + ps * BH, H, w.w_hh, H, T(0), gh, GH);
-        StepFwd<T> sa{};
-        sa.rows = B; sa.H = H;
-        sa.gx = gx + t * B * ldgx; sa.ldgx = ldgx;
-        sa.gh = gh; sa.ldgh = GH;
-        sa.b_ih = w.b_ih ? w.b_ih : zeros.get();
-        sa.b_hh = w.b_hh ? w.b_hh : zeros.get();
-        sa.h_prev = hbuf + ps * BH; sa.h_out = hbuf + os * BH;
-        if (lstm) { sa.c_prev = cbuf + ps * BH; sa.c_out = cbuf + os * BH; }
-        sa.gates = train ? gx + t * B * ldgx : nullptr; sa.ldgates = ldgx;
-        sa.y = Y + t * B * DH + d * H; sa.ldy = DH;
-        sa.active = active.empty() ? nullptr : active.data() + t * B;
-        run_pointwise(fwd, sa, GH, dthreads);
-        last_slot = os;
+      if (lstm) {
+        T* cbuf = train ? cache->c[k].data() : c_scratch[d].data();
+        std::memcpy(cbuf + first * BH, a.c0 ? a.c0 + k * BH : zeros.get(), BH * sizeof(T));
       }
-      std::memcpy(a.hn + k * BH, hbuf + last_slot * BH, BH * sizeof(T));
-      if (lstm) std::memcpy(a.cn + k * BH, cbuf + last_slot * BH, BH * sizeof(T));
+    }
+    persistent(nt, [&](int tid) {
+      for (int64_t step = 0; step < T_; ++step) {
+        for (const Slice& sl : plan[tid]) {
+          if (sl.jb0 == sl.jb1) continue;
+          const int64_t d = sl.d, k = l * D + d;
+          const LayerWeights<T>& w = a.weights[k];
+          const int64_t t = d == 0 ? step : T_ - 1 - step;
+          const int64_t ps = train ? prev_slot(d, t) : (step & 1);
+          const int64_t os = train ? out_slot(d, t) : ((step + 1) & 1);
+          T* gx = (train ? cache->gates[k].data() : gx_scratch[d].data()) + t * B * ldgx;
+          T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
+          T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
+          T* gh = gh_scratch[d].data();
+          // gh[:, g*H + units] = h_prev @ w_hh[g*H + units]^T for this thread's units
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t jb = sl.jb0; jb < sl.jb1; ++jb)
+              kern.panel(B, H, hbuf + ps * BH, H, packed[d].data() + (g * NB + jb) * H * nr,
+                         gh + g * H + jb * nr, GH, std::min(nr, H - jb * nr), false);
+          const int64_t u0 = sl.jb0 * nr, u1 = std::min(H, sl.jb1 * nr);
+          StepArgs<T> sa{};
+          sa.rows = B; sa.n = u1 - u0; sa.H = H;
+          sa.gx = gx + u0; sa.ldgx = ldgx;
+          sa.gh = gh + u0; sa.ldgh = GH;
+          sa.b_ih = (w.b_ih ? w.b_ih : zeros.get()) + u0;
+          sa.b_hh = (w.b_hh ? w.b_hh : zeros.get()) + u0;
+          sa.h_prev = hbuf + ps * BH + u0; sa.h_out = hbuf + os * BH + u0;
+          if (lstm) { sa.c_prev = cbuf + ps * BH + u0; sa.c_out = cbuf + os * BH + u0; }
+          sa.gates = train ? gx + u0 : nullptr; sa.ldgates = ldgx;
+          sa.y = Y + t * B * DH + d * H + u0; sa.ldy = DH;
+          sa.active = active.empty() ? nullptr : active.data() + t * B;
+          fwd(sa);
+        }
+#pragma omp barrier
+      }
     });
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = l * D + d;
+      const int64_t last_slot = train ? (d == 0 ? T_ : 0) : (T_ & 1);
+      const T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
+      std::memcpy(a.hn + k * BH, hbuf + last_slot * BH, BH * sizeof(T));
+      if (lstm) {
+        const T* cbuf = train ? cache->c[k].data() : c_scratch[d].data();
+        std::memcpy(a.cn + k * BH, cbuf + last_slot * BH, BH * sizeof(T));
+      }
+    }
 
     // dropout between layers: the next layer sees Y * mask (in place; backward needs only
     // the masked input and the mask)
@@ -279,18 +299,21 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
   const int64_t GH = G * H, BH = B * H, DH = D * H;
   const bool lstm = s.mode == Mode::Lstm, gru = s.mode == Mode::Gru;
   const int threads = num_threads();
-  const auto bwd = pointwise_kernels<T>().backward[static_cast<int>(s.mode)];
+  const auto& kern = isa_kernels<T>();
+  const auto bwd = kern.backward[static_cast<int>(s.mode)];
 
   const std::vector<uint8_t> active = make_active(s, cache.lengths.empty() ? nullptr : cache.lengths.data());
   const Zeros<T> zeros(static_cast<size_t>(BH));
 
   std::vector<Buffer<T>> dg;       // per direction (T, B, G*H): gate gradients of all steps
-  std::vector<Buffer<T>> carry_h, carry_c, dgh_step;
+  std::vector<Buffer<T>> carry_h, carry_c, dgh_step, packed;
   for (int64_t d = 0; d < D; ++d) {
     dg.emplace_back(static_cast<size_t>(T_ * B * GH));
     carry_h.emplace_back(static_cast<size_t>(2 * BH));
     if (lstm) carry_c.emplace_back(static_cast<size_t>(2 * BH));
-    if (gru) dgh_step.emplace_back(static_cast<size_t>(BH * G));
+    if (gru) dgh_step.emplace_back(static_cast<size_t>(2 * BH * G));
+    const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
+    packed.emplace_back(static_cast<size_t>(NB * GH * nr));
   }
   Buffer<T> dX_above(L > 1 ? static_cast<size_t>(T_ * B * DH) : 0);  // dL/d(input of layer l)
 
@@ -299,42 +322,65 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     const int64_t I_l = s.input_size(l);
     const T* X = l == 0 ? a.x : cache.layer_inputs[l - 1].data();
 
-    // 1. reverse loop over time: gate gradients for every step, carries to the initial state
-    for_each_direction(D, threads, double(B) * GH * H, [&](int64_t d, int dthreads) {
+    // 1. reverse loop over time in one persistent region: per step each thread runs the
+    //    pointwise backward of its units (-> dG rows), a barrier, then adds dG @ w_hh for its
+    //    units into dh_prev. dG_h of GRU (which is not stored per step) ping-pongs between two
+    //    buffers, so a thread running ahead never overwrites what a slower one still reads.
+    const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
+    const int nt = loop_threads(threads, T_, B, GH, H, D, NB);
+    const auto plan = plan_threads(D, NB, nt);
+    for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
-      const LayerWeights<T>& w = a.weights[k];
-      const T* gates = cache.gates[k].data();
-      const T* hbuf = cache.h[k].data();
-      const T* cbuf = lstm ? cache.c[k].data() : nullptr;
-      T* dgd = dg[d].data();
-      T* ch = carry_h[d].data();
-      T* cc = lstm ? carry_c[d].data() : nullptr;
-      std::memcpy(ch, a.dhn ? a.dhn + k * BH : zeros.get(), BH * sizeof(T));
-      if (lstm) std::memcpy(cc, a.dcn ? a.dcn + k * BH : zeros.get(), BH * sizeof(T));
-      int cur = 0;
+      pack_backward(a.weights[k].w_hh, GH, H, nr, packed[d].data());
+      std::memcpy(carry_h[d].data(), a.dhn ? a.dhn + k * BH : zeros.get(), BH * sizeof(T));
+      if (lstm) std::memcpy(carry_c[d].data(), a.dcn ? a.dcn + k * BH : zeros.get(), BH * sizeof(T));
+    }
+    persistent(nt, [&](int tid) {
       for (int64_t step = T_ - 1; step >= 0; --step) {
-        const int64_t t = d == 0 ? step : T_ - 1 - step;
-        const int64_t ps = prev_slot(d, t), os = out_slot(d, t);
-        StepBwd<T> ba{};
-        ba.rows = B; ba.H = H;
-        ba.gates = gates + t * B * Gc * H; ba.ldgates = Gc * H;
-        ba.h_prev = hbuf + ps * BH; ba.h_out = hbuf + os * BH;
-        if (lstm) { ba.c_prev = cbuf + ps * BH; ba.c_out = cbuf + os * BH; }
-        ba.dh = ch + cur * BH;
-        if (lstm) { ba.dc = cc + cur * BH; ba.dc_prev = cc + (1 - cur) * BH; }
-        ba.dy = dY + t * B * DH + d * H; ba.lddy = DH;
-        ba.dgx = dgd + t * B * GH; ba.lddgx = GH;
-        ba.dgh = gru ? dgh_step[d].data() : ba.dgx; ba.lddgh = GH;
-        ba.dh_prev = ch + (1 - cur) * BH;
-        ba.active = active.empty() ? nullptr : active.data() + t * B;
-        run_pointwise(bwd, ba, GH, dthreads);
-        // dh_prev += dG_h (B, G*H) @ w_hh (G*H, H)
-        gemm<T>(false, false, B, H, GH, T(1), ba.dgh, GH, w.w_hh, H, T(1), ch + (1 - cur) * BH, H);
-        cur = 1 - cur;
+        const int cur = static_cast<int>((T_ - 1 - step) & 1);
+        for (const Slice& sl : plan[tid]) {
+          if (sl.jb0 == sl.jb1) continue;
+          const int64_t d = sl.d, k = l * D + d;
+          const int64_t t = d == 0 ? step : T_ - 1 - step;
+          const int64_t ps = prev_slot(d, t), os = out_slot(d, t);
+          const T* hbuf = cache.h[k].data();
+          const T* cbuf = lstm ? cache.c[k].data() : nullptr;
+          T* ch = carry_h[d].data();
+          T* cc = lstm ? carry_c[d].data() : nullptr;
+          const int64_t u0 = sl.jb0 * nr, u1 = std::min(H, sl.jb1 * nr);
+          StepBackArgs<T> ba{};
+          ba.rows = B; ba.n = u1 - u0; ba.H = H;
+          ba.gates = cache.gates[k].data() + t * B * Gc * H + u0; ba.ldgates = Gc * H;
+          ba.h_prev = hbuf + ps * BH + u0; ba.h_out = hbuf + os * BH + u0;
+          if (lstm) { ba.c_prev = cbuf + ps * BH + u0; ba.c_out = cbuf + os * BH + u0; }
+          ba.dh = ch + cur * BH + u0;
+          if (lstm) { ba.dc = cc + cur * BH + u0; ba.dc_prev = cc + (1 - cur) * BH + u0; }
+          ba.dy = dY + t * B * DH + d * H + u0; ba.lddy = DH;
+          ba.dgx = dg[d].data() + t * B * GH + u0; ba.lddgx = GH;
+          ba.dgh = gru ? dgh_step[d].data() + (step & 1) * BH * G + u0 : ba.dgx; ba.lddgh = GH;
+          ba.dh_prev = ch + (1 - cur) * BH + u0;
+          ba.active = active.empty() ? nullptr : active.data() + t * B;
+          bwd(ba);
+        }
+#pragma omp barrier
+        for (const Slice& sl : plan[tid]) {
+          const int64_t d = sl.d;
+          const int64_t t = d == 0 ? step : T_ - 1 - step;
+          const T* dgh = gru ? dgh_step[d].data() + (step & 1) * BH * G : dg[d].data() + t * B * GH;
+          T* dh_prev = carry_h[d].data() + (1 - cur) * BH;
+          // dh_prev[:, units] += dG_h (B, G*H) @ w_hh[:, units]
+          for (int64_t jb = sl.jb0; jb < sl.jb1; ++jb)
+            kern.panel(B, GH, dgh, GH, packed[d].data() + jb * GH * nr, dh_prev + jb * nr, H,
+                       std::min(nr, H - jb * nr), true);
+        }
       }
-      std::memcpy(a.dh0 + k * BH, ch + cur * BH, BH * sizeof(T));
-      if (lstm) std::memcpy(a.dc0 + k * BH, cc + cur * BH, BH * sizeof(T));
     });
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = l * D + d;
+      const int fin = static_cast<int>(T_ & 1);
+      std::memcpy(a.dh0 + k * BH, carry_h[d].data() + fin * BH, BH * sizeof(T));
+      if (lstm) std::memcpy(a.dc0 + k * BH, carry_c[d].data() + fin * BH, BH * sizeof(T));
+    }
 
     // 2. everything that is not sequential, as GEMMs over all T*B rows
     T* dX = l == 0 ? a.dx : dX_above.data();
@@ -378,6 +424,46 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     }
   }
 }
+
+// ---------------------------------------------------------------------------- cell step
+
+// Up to this batch a cell step's products run in gemm_nt_small (W rows reused from L1 across
+// the batch); above it the BLAS's packed GEMM wins.
+constexpr int64_t kSmallCellBatch = 16;
+
+template <typename T>
+void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* h, const T* c,
+               const LayerWeights<T>& w, T* h_out, T* c_out) {
+  const int64_t GH = gate_count(mode) * H;
+  const bool lstm = mode == Mode::Lstm;
+  Buffer<T> scratch(static_cast<size_t>(2 * B * GH + std::max(GH, B * H)));
+  T* gx = scratch.data();
+  T* gh = gx + B * GH;
+  T* zeros = gh + B * GH;
+  std::memset(zeros, 0, sizeof(T) * std::max(GH, B * H));
+  // gx = x w_ih^T, gh = h w_hh^T: our unpacked kernel for small batches, the BLAS above
+  const auto& kern = isa_kernels<T>();
+  const bool small = B <= kSmallCellBatch;
+  if (small) kern.gemm_nt_small(B, GH, I, x, I, w.w_ih, I, gx, GH);
+  else gemm<T>(false, true, B, GH, I, T(1), x, I, w.w_ih, I, T(0), gx, GH);
+  if (!h) std::memset(gh, 0, sizeof(T) * B * GH);
+  else if (small) kern.gemm_nt_small(B, GH, H, h, H, w.w_hh, H, gh, GH);
+  else gemm<T>(false, true, B, GH, H, T(1), h, H, w.w_hh, H, T(0), gh, GH);
+  StepArgs<T> sa{};
+  sa.rows = B; sa.n = H; sa.H = H;
+  sa.gx = gx; sa.ldgx = GH; sa.gh = gh; sa.ldgh = GH;
+  sa.b_ih = w.b_ih ? w.b_ih : zeros;
+  sa.b_hh = w.b_hh ? w.b_hh : zeros;
+  sa.h_prev = h ? h : zeros; sa.h_out = h_out;
+  if (lstm) { sa.c_prev = c ? c : zeros; sa.c_out = c_out; }
+  sa.y = h_out; sa.ldy = H;  // y is h itself (written twice, same values)
+  kern.forward[static_cast<int>(mode)](sa);
+}
+
+template void cell_step<float>(Mode, int64_t, int64_t, int64_t, const float*, const float*, const float*,
+                               const LayerWeights<float>&, float*, float*);
+template void cell_step<double>(Mode, int64_t, int64_t, int64_t, const double*, const double*, const double*,
+                                const LayerWeights<double>&, double*, double*);
 
 template void recurrent_forward<float>(const RecurrentForwardArgs<float>&, RecurrentCache<float>*);
 template void recurrent_forward<double>(const RecurrentForwardArgs<double>&, RecurrentCache<double>*);

@@ -1,4 +1,4 @@
-// Run-time ISA selection: the pointwise kernels are compiled three times (kernels_isa.cpp);
+// Run-time ISA selection: the step kernels (pointwise + packed GEMM panel) are compiled three times (kernels_isa.cpp);
 // the widest level this CPU supports is picked once, on first use. FASTRNN_SIMD=avx2|baseline
 // forces a lower level (for testing the other paths on a wide machine).
 #include <fastrnn/fastrnn.h>
@@ -38,8 +38,8 @@ Level level() {
 }
 
 template <typename T>
-PointwiseKernels<T> make() {
-  PointwiseKernels<T> k{};
+IsaKernels<T> make() {
+  IsaKernels<T> k{};
   switch (level()) {
     case Level::Avx512: avx512::fill_kernels(&k); break;
     case Level::Avx2: avx2::fill_kernels(&k); break;
@@ -58,12 +58,12 @@ const char* simd_level() {
   }
 }
 
-const PointwiseKernels<float>& pointwise_kernels_f32() {
-  static const PointwiseKernels<float> k = make<float>();
+const IsaKernels<float>& isa_kernels_f32() {
+  static const IsaKernels<float> k = make<float>();
   return k;
 }
-const PointwiseKernels<double>& pointwise_kernels_f64() {
-  static const PointwiseKernels<double> k = make<double>();
+const IsaKernels<double>& isa_kernels_f64() {
+  static const IsaKernels<double> k = make<double>();
   return k;
 }
 

@@ -55,3 +55,18 @@ class LSTMCell(_recurrent_layers.LSTMCell):
 
 class GRUCell(_recurrent_layers.GRUCell):
     _F = functional
+
+
+# Attention layers: the shared classes bound to the C++ backend
+from .layers import attention as _attention_layers  # noqa: E402
+
+
+class MultiheadAttention(_attention_layers.MultiheadAttention):
+    _F = functional
+
+
+class AdditiveAttention(_attention_layers.AdditiveAttention):
+    _F = functional
+
+
+__all__ += ["MultiheadAttention", "AdditiveAttention"]

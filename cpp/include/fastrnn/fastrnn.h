@@ -131,6 +131,13 @@ struct RecurrentBackwardArgs {
 template <typename T>
 void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardArgs<T>& a);
 
+// One time step of a cell, inference: x (B, I), h/c (B, H) (null = zeros) -> h_out, c_out
+// (B, H). The same pointwise kernels as the sequence path, with the two products done by the
+// BLAS on the calling thread's behalf (small: the BLAS keeps them single-threaded).
+template <typename T>
+void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* h, const T* c,
+               const LayerWeights<T>& w, T* h_out, T* c_out);
+
 // ---- attention (cpp/src/attention.cpp) -----------------------------------------------------
 // Declared in attention.h (kept separate: its own notes and shapes).
 
