@@ -167,6 +167,11 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
   const auto& kern = isa_kernels<T>();
   const auto fwd = kern.forward[static_cast<int>(s.mode)];
   const int64_t ldgx = train ? Gc * H : GH;  // row stride of the input projection / gates
+  // steps per chunk of the input projection: all of them in training (they are the gates
+  // cache); in inference as many as fit ~8 MiB per direction (at least 4)
+  const int64_t Tc = train ? std::max<int64_t>(T_, 1)
+                           : std::min<int64_t>(std::max<int64_t>(T_, 1),
+                                               std::max<int64_t>(4, (int64_t(8) << 20) / std::max<int64_t>(1, B * GH * int64_t(sizeof(T)))));
 
   const std::vector<uint8_t> active = make_active(s, a.lengths);
   const Zeros<T> zeros(static_cast<size_t>(std::max(GH, BH)));
@@ -189,7 +194,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
   if (!train) {
     if (L > 1) { inter[0] = Buffer<T>(T_ * B * DH); if (L > 2) inter[1] = Buffer<T>(T_ * B * DH); }
     for (int64_t d = 0; d < D; ++d) {
-      gx_scratch.emplace_back(static_cast<size_t>(T_ * B * GH));
+      gx_scratch.emplace_back(static_cast<size_t>(Tc * B * GH));
       h_scratch.emplace_back(static_cast<size_t>(2 * BH));
       if (lstm) c_scratch.emplace_back(static_cast<size_t>(2 * BH));
     }
@@ -209,14 +214,10 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
     const bool last = l + 1 == L;
     T* Y = last ? a.y : (train ? cache->layer_inputs[l].data() : inter[l % 2].data());
 
-    // 1. input projections, one GEMM per direction: gx = X w_ih^T  (T*B, G*H)
-    for (int64_t d = 0; d < D; ++d) {
-      const LayerWeights<T>& w = a.weights[l * D + d];
-      T* gx = train ? cache->gates[l * D + d].data() : gx_scratch[d].data();
-      gemm<T>(false, true, T_ * B, GH, I_l, T(1), X, I_l, w.w_ih, I_l, T(0), gx, ldgx);
-    }
-
-    // 2. the recurrence: one persistent region for all steps of both directions
+    // The recurrence runs in one persistent region per chunk of steps. Training: one chunk of
+    // all T steps, the input projection going straight into the gates cache. Inference: chunks
+    // of Tc steps whose projection fits a small scratch buffer, so no per-step activations of
+    // the whole sequence are held besides y.
     const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
     const int nt = loop_threads(threads, T_, B, GH, H, D, NB);
     const auto plan = plan_threads(D, NB, nt);
@@ -231,41 +232,54 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         std::memcpy(cbuf + first * BH, a.c0 ? a.c0 + k * BH : zeros.get(), BH * sizeof(T));
       }
     }
-    persistent(nt, [&](int tid) {
-      for (int64_t step = 0; step < T_; ++step) {
-        for (const Slice& sl : plan[tid]) {
-          if (sl.jb0 == sl.jb1) continue;
-          const int64_t d = sl.d, k = l * D + d;
-          const LayerWeights<T>& w = a.weights[k];
-          const int64_t t = d == 0 ? step : T_ - 1 - step;
-          const int64_t ps = train ? prev_slot(d, t) : (step & 1);
-          const int64_t os = train ? out_slot(d, t) : ((step + 1) & 1);
-          T* gx = (train ? cache->gates[k].data() : gx_scratch[d].data()) + t * B * ldgx;
-          T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
-          T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
-          T* gh = gh_scratch[d].data();
-          // gh[:, g*H + units] = h_prev @ w_hh[g*H + units]^T for this thread's units
-          for (int64_t g = 0; g < G; ++g)
-            for (int64_t jb = sl.jb0; jb < sl.jb1; ++jb)
-              kern.panel(B, H, hbuf + ps * BH, H, packed[d].data() + (g * NB + jb) * H * nr,
-                         gh + g * H + jb * nr, GH, std::min(nr, H - jb * nr), false);
-          const int64_t u0 = sl.jb0 * nr, u1 = std::min(H, sl.jb1 * nr);
-          StepArgs<T> sa{};
-          sa.rows = B; sa.n = u1 - u0; sa.H = H;
-          sa.gx = gx + u0; sa.ldgx = ldgx;
-          sa.gh = gh + u0; sa.ldgh = GH;
-          sa.b_ih = (w.b_ih ? w.b_ih : zeros.get()) + u0;
-          sa.b_hh = (w.b_hh ? w.b_hh : zeros.get()) + u0;
-          sa.h_prev = hbuf + ps * BH + u0; sa.h_out = hbuf + os * BH + u0;
-          if (lstm) { sa.c_prev = cbuf + ps * BH + u0; sa.c_out = cbuf + os * BH + u0; }
-          sa.gates = train ? gx + u0 : nullptr; sa.ldgates = ldgx;
-          sa.y = Y + t * B * DH + d * H + u0; sa.ldy = DH;
-          sa.active = active.empty() ? nullptr : active.data() + t * B;
-          fwd(sa);
-        }
-#pragma omp barrier
+    for (int64_t s0 = 0; s0 < T_; s0 += Tc) {
+      const int64_t s1 = std::min(T_, s0 + Tc);  // processing steps [s0, s1)
+      // 1. input projection of the chunk, one GEMM per direction: gx = X w_ih^T (n*B, G*H).
+      //    Direction d processes times [t_lo, t_lo + n) (the reverse one from the end).
+      auto t_lo = [&](int64_t d) { return d == 0 ? s0 : T_ - s1; };
+      for (int64_t d = 0; d < D; ++d) {
+        const LayerWeights<T>& w = a.weights[l * D + d];
+        const int64_t tl = t_lo(d);
+        T* gx = train ? cache->gates[l * D + d].data() + tl * B * ldgx : gx_scratch[d].data();
+        gemm<T>(false, true, (s1 - s0) * B, GH, I_l, T(1), X + tl * B * I_l, I_l, w.w_ih, I_l, T(0), gx, ldgx);
       }
-    });
+      // 2. the recurrence over the chunk: one persistent region, one barrier per step
+      persistent(nt, [&](int tid) {
+        for (int64_t step = s0; step < s1; ++step) {
+          for (const Slice& sl : plan[tid]) {
+            if (sl.jb0 == sl.jb1) continue;
+            const int64_t d = sl.d, k = l * D + d;
+            const LayerWeights<T>& w = a.weights[k];
+            const int64_t t = d == 0 ? step : T_ - 1 - step;
+            const int64_t ps = train ? prev_slot(d, t) : (step & 1);
+            const int64_t os = train ? out_slot(d, t) : ((step + 1) & 1);
+            T* gx = train ? cache->gates[k].data() + t * B * ldgx : gx_scratch[d].data() + (t - t_lo(d)) * B * ldgx;
+            T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
+            T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
+            T* gh = gh_scratch[d].data();
+            // gh[:, g*H + units] = h_prev @ w_hh[g*H + units]^T for this thread's units
+            for (int64_t g = 0; g < G; ++g)
+              for (int64_t jb = sl.jb0; jb < sl.jb1; ++jb)
+                kern.panel(B, H, hbuf + ps * BH, H, packed[d].data() + (g * NB + jb) * H * nr,
+                           gh + g * H + jb * nr, GH, std::min(nr, H - jb * nr), false);
+            const int64_t u0 = sl.jb0 * nr, u1 = std::min(H, sl.jb1 * nr);
+            StepArgs<T> sa{};
+            sa.rows = B; sa.n = u1 - u0; sa.H = H;
+            sa.gx = gx + u0; sa.ldgx = ldgx;
+            sa.gh = gh + u0; sa.ldgh = GH;
+            sa.b_ih = (w.b_ih ? w.b_ih : zeros.get()) + u0;
+            sa.b_hh = (w.b_hh ? w.b_hh : zeros.get()) + u0;
+            sa.h_prev = hbuf + ps * BH + u0; sa.h_out = hbuf + os * BH + u0;
+            if (lstm) { sa.c_prev = cbuf + ps * BH + u0; sa.c_out = cbuf + os * BH + u0; }
+            sa.gates = train ? gx + u0 : nullptr; sa.ldgates = ldgx;
+            sa.y = Y + t * B * DH + d * H + u0; sa.ldy = DH;
+            sa.active = active.empty() ? nullptr : active.data() + t * B;
+            fwd(sa);
+          }
+#pragma omp barrier
+        }
+      });
+    }
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       const int64_t last_slot = train ? (d == 0 ? T_ : 0) : (T_ & 1);

@@ -77,6 +77,25 @@ def check_probability(name: str, value) -> float:
     return value
 
 
+# Largest parameter set a layer may allocate: beyond this a size is a mistake, not a model.
+MAX_PARAM_BYTES = 1 << 40
+
+
+def check_param_sizes(shapes: dict, dtype, what: str) -> None:
+    """ValueError naming the sizes (`what`) when the parameters would not fit in memory or
+    overflow an index, instead of NumPy's anonymous error deep in the allocation."""
+    total = 0
+    for shape in shapes.values():
+        n = 1
+        for v in shape:
+            n *= int(v)
+        total += n
+    nbytes = total * np.dtype(dtype).itemsize
+    if nbytes > MAX_PARAM_BYTES:
+        raise ValueError(f"{what}: the parameters would take {nbytes:.3e} bytes "
+                         f"(more than {MAX_PARAM_BYTES:.0e}); check the sizes")
+
+
 def check_lengths(lengths, batch: int, steps: int, name: str = "lengths") -> np.ndarray | None:
     """Validate packed-sequence lengths: integers (B,), 0 <= lengths[b] <= T -> int64 array."""
     if lengths is None:

@@ -20,9 +20,12 @@ Edge sizes: T = 0 gives y of shape (0, B, D*H) and the final state equal to the 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._checks import (
+    check_param_sizes,
     RECURRENT_GATES,
     as_float_array,
     as_float_state,
@@ -58,8 +61,9 @@ class _Parametrized:
             raise TypeError(f"{type(self).__name__} has no functional backend: use fastrnn.{type(self).__name__} "
                             f"or fastrnn.reference.{type(self).__name__}")
         self.dtype = resolve_dtype(dtype)
+        check_param_sizes(shapes, self.dtype, f"input_size={self.input_size}, hidden_size={hidden_size}")
         self._rng = np.random.default_rng(seed)   # init, then dropout masks
-        bound = 1.0 / np.sqrt(hidden_size)
+        bound = 1.0 / math.sqrt(hidden_size)
         self.params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                        for name, shape in shapes.items()}
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
