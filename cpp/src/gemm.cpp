@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -26,10 +27,33 @@ void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                     (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
 }
 
+// float64 is the precision results are checked in, so its results must not depend on the
+// thread count: OpenBLAS splits a threaded GEMM differently for different counts (and picks
+// other edge kernels), which changes the last bits. float64 GEMMs therefore run the BLAS on
+// one thread. The switch is reference-counted so that concurrent float64 calls from several
+// Python threads never restore the count under one another.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (active_++ == 0 && num_threads() > 1) scipy_openblas_set_num_threads(1);
+  }
+  ~SingleThreadedBlas() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--active_ == 0 && num_threads() > 1) scipy_openblas_set_num_threads(num_threads());
+  }
+ private:
+  static std::mutex mu_;
+  static int active_;
+};
+std::mutex SingleThreadedBlas::mu_;
+int SingleThreadedBlas::active_ = 0;
+
 template <>
 void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
                   int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  SingleThreadedBlas one_thread;
   if (K == 0) {
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0. ? 0. : beta * C[i * ldc + j];
@@ -47,9 +71,11 @@ void add_column_sums(int64_t M, int64_t N, const T* A, int64_t lda, T* y) {
   if constexpr (sizeof(T) == 4)
     scipy_cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)M, (blasint)N, 1.f, A, (blasint)lda,
                       ones.data(), 1, 1.f, y, 1);
-  else
+  else {
+    SingleThreadedBlas one_thread;
     scipy_cblas_dgemv(CblasRowMajor, CblasTrans, (blasint)M, (blasint)N, 1.0, A, (blasint)lda,
                       ones.data(), 1, 1.0, y, 1);
+  }
 }
 template void add_column_sums<float>(int64_t, int64_t, const float*, int64_t, float*);
 template void add_column_sums<double>(int64_t, int64_t, const double*, int64_t, double*);

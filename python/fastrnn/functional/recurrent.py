@@ -148,6 +148,7 @@ def _cell_weights(mode, w_ih, w_hh, b_ih, b_hh):
 
 def cell_forward(mode, x, state, w_ih, w_hh, b_ih=None, b_hh=None):
     """One step with a cache for `cell_backward`: x (B, I), state h or (h, c) (B, H)."""
+    check_mode(mode)
     x = as_float_array("x", x, _kernel_dtype(x))
     if x.ndim != 2:
         raise ValueError(f"x: expected a 2-d array (B, I), got shape {x.shape}")

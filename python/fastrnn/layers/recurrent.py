@@ -127,6 +127,11 @@ class _Recurrent(_Parametrized):
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
         G, H, D = RECURRENT_GATES[mode], self.hidden_size, self.num_directions
+        # the size check before building per-layer tables: num_layers itself may be absurd
+        per_layer_rest = {"rest": (self.num_layers - 1, D * G * H, D * H + H + 2)}
+        check_param_sizes({"first": (D * G * H, self.input_size + H + 2), **per_layer_rest},
+                          resolve_dtype(dtype), f"num_layers={self.num_layers}, input_size={self.input_size}, "
+                          f"hidden_size={H}")
         shapes, self._keys = {}, []
         for l in range(self.num_layers):
             in_l = self.input_size if l == 0 else D * H

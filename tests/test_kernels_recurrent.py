@@ -1,0 +1,507 @@
+"""C++ recurrent kernels (fastrnn.LSTM etc., fastrnn.functional) against the NumPy oracle
+(fastrnn.reference): outputs, final states, dx, d(initial state) and every parameter gradient.
+
+float64 kernels are compared with the float64 reference at rtol 1e-10; float32 kernels with a
+float64 reference run on the same (float32-rounded) weights and inputs at rtol 1e-4. Both
+layers share their parameters through load_state_dict, so the comparisons isolate the numerics.
+
+Also: thread-count determinism, concurrent calls from Python threads, dropout masks, the cells
+and every SIMD level (FASTRNN_SIMD, one subprocess per level).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from helpers import assert_close
+
+import fastrnn as fr
+
+MODES = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+RTOL = {"float64": 1e-10, "float32": 1e-4}
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def make_pair(mode, I, H, *, num_layers=1, bidirectional=False, batch_first=False, bias=True,
+              dtype="float64", dropout=0.0, seed=0):
+    """(kernel layer in `dtype`, float64 reference layer with the kernel's exact parameters)."""
+    kw = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+              bidirectional=bidirectional, seed=seed)
+    if mode.startswith("rnn"):
+        kw["nonlinearity"] = mode[4:]
+        kern, ref = fr.RNN(I, H, dtype=dtype, **kw), fr.reference.RNN(I, H, dtype="float64", **kw)
+    elif mode == "lstm":
+        kern, ref = fr.LSTM(I, H, dtype=dtype, **kw), fr.reference.LSTM(I, H, dtype="float64", **kw)
+    else:
+        kern, ref = fr.GRU(I, H, dtype=dtype, **kw), fr.reference.GRU(I, H, dtype="float64", **kw)
+    ref.load_state_dict(kern.state_dict())  # float32 params convert exactly to float64
+    return kern, ref
+
+
+def make_cell_pair(mode, I, H, *, bias=True, dtype="float64", seed=0):
+    kw = dict(bias=bias, seed=seed)
+    if mode.startswith("rnn"):
+        kw["nonlinearity"] = mode[4:]
+        kern, ref = fr.RNNCell(I, H, dtype=dtype, **kw), fr.reference.RNNCell(I, H, dtype="float64", **kw)
+    elif mode == "lstm":
+        kern, ref = fr.LSTMCell(I, H, dtype=dtype, **kw), fr.reference.LSTMCell(I, H, dtype="float64", **kw)
+    else:
+        kern, ref = fr.GRUCell(I, H, dtype=dtype, **kw), fr.reference.GRUCell(I, H, dtype="float64", **kw)
+    ref.load_state_dict(kern.state_dict())
+    return kern, ref
+
+
+def lengths_for(rng, T, B):
+    """Random lengths in [0, T] that include 0 and T whenever B allows (B = 1: T)."""
+    if B == 1:
+        return np.array([T])
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0], lengths[-1] = 0, T
+    if B > 2:
+        lengths[1] = max(T - 1, 0)
+    return rng.permutation(lengths)
+
+
+def make_inputs(mode, T, B, I, H, L, D, batch_first, dtype, with_lengths, seed=0):
+    """x, state, lengths, dy, dstate in `dtype` (random initial state and output gradients)."""
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    x = rand(*((B, T, I) if batch_first else (T, B, I)))
+    S = (L * D, B, H)
+    state = (rand(*S, scale=0.5), rand(*S, scale=0.5)) if mode == "lstm" else rand(*S, scale=0.5)
+    dy = rand(*((B, T, D * H) if batch_first else (T, B, D * H)))
+    dstate = (rand(*S), rand(*S)) if mode == "lstm" else rand(*S)
+    lengths = lengths_for(rng, T, B) if with_lengths else None
+    return x, state, lengths, dy, dstate
+
+
+def flat(name, state):
+    if isinstance(state, tuple):
+        return {f"{name}[{i}]": s for i, s in enumerate(state)}
+    return {name: state}
+
+
+def run_layer(layer, x, state, lengths, dy, dstate):
+    """Every result of inference, training forward and backward, by name."""
+    y_call, s_call = layer(x, state, lengths)
+    y, s, cache = layer.forward(x, state, lengths)
+    dx, ds0 = layer.backward(cache, dy, dstate)
+    out = {"y": y, "y (__call__)": y_call, "dx": dx}
+    out.update(flat("state_n", s))
+    out.update(flat("state_n (__call__)", s_call))
+    out.update(flat("dstate0", ds0))
+    out.update({f"grads[{k!r}]": g.copy() for k, g in layer.grads.items()})
+    return out
+
+
+def compare(got, want, rtol, tag, dtype=None):
+    assert set(got) == set(want)
+    worst = 0.0
+    for name in want:
+        if dtype is not None:
+            assert got[name].dtype == np.dtype(dtype), f"{tag} {name}: dtype {got[name].dtype}, expected {dtype}"
+        err = assert_close(got[name], want[name], rtol, name=f"{tag} {name}")
+        worst = max(worst, err / max(float(np.max(np.abs(want[name]), initial=0.0)), 1e-3))
+    return worst
+
+
+def run_case(mode, T, B, I, H, *, num_layers=1, bidirectional=False, batch_first=False,
+             with_lengths=False, dtype="float64", bias=True, seed=0):
+    """Kernel and reference results of one configuration: (got, want)."""
+    kern, ref = make_pair(mode, I, H, num_layers=num_layers, bidirectional=bidirectional,
+                          batch_first=batch_first, bias=bias, dtype=dtype, seed=seed)
+    D = 2 if bidirectional else 1
+    args = make_inputs(mode, T, B, I, H, num_layers, D, batch_first, dtype, with_lengths, seed=seed + 1)
+    return run_layer(kern, *args), run_layer(ref, *args)
+
+
+def check_case(mode, T, B, I, H, dtype="float64", **kw):
+    got, want = run_case(mode, T, B, I, H, dtype=dtype, **kw)
+    tag = f"{mode} T={T} B={B} I={I} H={H} {kw} {dtype}:"
+    return compare(got, want, RTOL[dtype], tag, dtype=dtype)
+
+
+@pytest.fixture
+def threads():
+    """Set the thread count for one test; the previous count is restored afterwards."""
+    old = fr.get_num_threads()
+    yield fr.set_num_threads
+    fr.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def at_least_two_threads():
+    """The threaded paths (directions on separate threads, unit blocks split) need >= 2 threads."""
+    old = fr.get_num_threads()
+    if old < 2:
+        fr.set_num_threads(2)
+    yield
+    fr.set_num_threads(old)
+
+
+# ------------------------------------------------------------------ the configuration matrix
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tmajor", "bfirst"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3], ids=lambda n: f"L{n}")
+@pytest.mark.parametrize("mode", MODES)
+def test_matrix(mode, num_layers, bidirectional, batch_first, with_lengths, dtype):
+    """Full cross product on a small problem (H, I not multiples of 8, I != H)."""
+    check_case(mode, 5, 4, 7, 13, dtype=dtype, num_layers=num_layers, bidirectional=bidirectional,
+               batch_first=batch_first, with_lengths=with_lengths)
+
+
+SIZES = [  # T, B, I, H
+    (1, 1, 7, 13),     # one step, one sequence
+    (1, 6, 7, 13),
+    (9, 1, 7, 13),
+    (4, 3, 13, 7),     # I > H
+    (3, 2, 16, 32),    # whole vectors, no tails
+    (2, 3, 1, 1),      # scalar features
+    (20, 17, 33, 47),  # moderately large
+    (1, 40, 9, 70),    # one step, yet big enough for a threaded time loop
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("mode", MODES)
+def test_sizes(mode, size, with_lengths, dtype):
+    """Edge and moderately large sizes, 2 bidirectional layers (>= 2 threads)."""
+    check_case(mode, *size, dtype=dtype, num_layers=2, bidirectional=True, with_lengths=with_lengths,
+               batch_first=size[0] % 2 == 0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_no_bias(mode, dtype):
+    check_case(mode, 6, 5, 7, 13, dtype=dtype, num_layers=2, bidirectional=True, with_lengths=True,
+               bias=False)
+
+
+# The time loop runs in one persistent OpenMP team once T*B*G*H*H*D >= 2^17 multiply-adds
+# (below: the calling thread alone). Hidden units are cut into blocks of nr = 2 SIMD vectors
+# (avx512: 32 float / 16 double; avx2: 16 / 8; baseline: 8 / 4); with two directions and >= 2
+# threads the team is split between the directions, otherwise every thread takes a share of
+# the unit blocks. H = 70 is a tail at every level and gives >= 3 blocks per direction.
+# (The per-step GEMM / pointwise thresholds of earlier kernel versions, B*G*H >= 32768 and
+# B*G*H*H <= 262144, are covered by the same cases.)
+THREADED = (6, 9, 20, 70)  # T, B, I, H: >= 2^17 MACs even for one rnn direction
+
+
+@pytest.mark.parametrize("nthreads", [2, 3, 4])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("mode", MODES)
+def test_threaded_time_loop(mode, bidirectional, dtype, nthreads, threads):
+    """Unit blocks shared by 2-4 threads in one direction, or split between two directions
+    with 1-2 threads each (odd counts give the directions unequal teams)."""
+    T, B, I, H = THREADED
+    assert T * B * H * H >= 2 ** 17
+    threads(nthreads)
+    check_case(mode, T, B, I, H, dtype=dtype, num_layers=2, bidirectional=bidirectional, with_lengths=True,
+               batch_first=nthreads == 3)
+
+
+LARGE = {  # mode: (T, B, I, H): large B*G*H per step (many panels per thread, B % 4 tails),
+    #              GRU also T*B*H > 65536 (the parallel loop of its n-gate backward)
+    "lstm": (3, 64, 24, 160),
+    "gru": (3, 129, 20, 176),
+    "rnn_tanh": (3, 258, 9, 130),
+    "rnn_relu": (3, 258, 9, 130),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_large_step(mode, dtype, threads):
+    T, B, I, H = LARGE[mode]
+    threads(2)
+    check_case(mode, T, B, I, H, dtype=dtype, num_layers=2, bidirectional=True, with_lengths=True)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_large_batch_small_hidden(dtype, threads):
+    """B*G*H = 32768 with H = 8: a single unit block per direction, 4 threads requested."""
+    T, B, I, H = 3, 1024, 5, 8
+    threads(4)
+    check_case("lstm", T, B, I, H, dtype=dtype, num_layers=2, bidirectional=True, with_lengths=True)
+
+
+def test_grads_accumulate():
+    """backward ADDS into layer.grads (the kernel's GEMMs run with beta = 1)."""
+    kern, ref = make_pair("gru", 7, 13, num_layers=2, bidirectional=True)
+    args = make_inputs("gru", 5, 4, 7, 13, 2, 2, False, "float64", True, seed=3)
+    for layer in (kern, ref):
+        for _ in range(2):
+            _, _, cache = layer.forward(*args[:3])
+            layer.backward(cache, *args[3:])
+    for k in ref.grads:
+        assert_close(kern.grads[k], ref.grads[k], 1e-10, name=f"twice-accumulated grads[{k!r}]")
+    kern.zero_grad()
+    assert not any(g.any() for g in kern.grads.values())
+    _, _, cache = kern.forward(*args[:3])
+    kern.backward(cache, *args[3:])
+    for k in ref.grads:
+        assert_close(2 * kern.grads[k], ref.grads[k], 1e-10, name=f"grads[{k!r}] after zero_grad")
+
+
+# ---------------------------------------------------------------------------------- dropout
+
+
+def functional_weights(layer):
+    return layer._weights(layer.params)
+
+
+DROPOUT_CASES = [(mode, 3, (5, 4, 7, 13)) for mode in MODES] + [("gru", 2, (2, 1040, 9, 64))]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode, L, size", DROPOUT_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_functional_dropout_masks(mode, L, size, dtype):
+    """Explicit dropout masks: fr.functional == fr.reference.functional, forward and backward.
+    The large case pushes the mask multiply (T*B*D*H > 2^18) into its OpenMP loop."""
+    T, B, I, H = size
+    D, p = 2, 0.35
+    assert B < 1000 or T * B * D * H > 2 ** 18
+    kern, _ = make_pair(mode, I, H, num_layers=L, bidirectional=True, dtype=dtype)
+    w32 = functional_weights(kern)
+    w64 = [tuple(None if a is None else a.astype(np.float64) for a in e) for e in w32]
+    x, state, lengths, dy, dstate = make_inputs(mode, T, B, I, H, L, D, False, dtype, True, seed=5)
+    rng = np.random.default_rng(9)
+    masks = [((rng.random((T, B, D * H)) >= p) / (1 - p)).astype(dtype) for _ in range(L - 1)]
+    kw = dict(num_layers=L, bidirectional=True, dropout_masks=masks)
+    y, s, cache = fr.functional.recurrent_forward(mode, x, w32, state, lengths, **kw)
+    dx, ds0, grads = fr.functional.recurrent_backward(cache, dy, dstate)
+    up = (lambda a: a.astype(np.float64))
+    st64 = tuple(map(up, state)) if mode == "lstm" else up(state)
+    ds64 = tuple(map(up, dstate)) if mode == "lstm" else up(dstate)
+    kw64 = dict(kw, dropout_masks=[up(m) for m in masks])
+    ry, rs, rcache = fr.reference.functional.recurrent_forward(mode, up(x), w64, st64, lengths, **kw64)
+    rdx, rds0, rgrads = fr.reference.functional.recurrent_backward(rcache, up(dy), ds64)
+    got = {"y": y, "dx": dx, **flat("state_n", s), **flat("dstate0", ds0)}
+    want = {"y": ry, "dx": rdx, **flat("state_n", rs), **flat("dstate0", rds0)}
+    for k, (g, r) in enumerate(zip(grads, rgrads)):
+        for j, name in enumerate(("dw_ih", "dw_hh", "db_ih", "db_hh")):
+            got[f"grads[{k}] {name}"], want[f"grads[{k}] {name}"] = g[j], r[j]
+    compare(got, want, RTOL[dtype], f"dropout {mode} {size} {dtype}:", dtype=dtype)
+    # the masks were applied: without them the output differs
+    y0, _, _ = fr.functional.recurrent_forward(mode, x, w32, state, lengths, num_layers=L, bidirectional=True)
+    assert not np.allclose(y0, y)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_layer_dropout_same_seed_same_masks(mode, dtype):
+    """Layers of both backends built with one seed draw the same masks (two calls in a row)."""
+    T, B, I, H, L = 6, 5, 7, 13, 3
+    kern, ref = make_pair(mode, I, H, num_layers=L, bidirectional=True, dtype=dtype, dropout=0.4, seed=11)
+    fresh = make_pair(mode, I, H, num_layers=L, bidirectional=True, dtype="float64", dropout=0.4, seed=11)[1]
+    for k in ref.params:  # one seed: the same initial parameters (rounded to the layer's dtype)
+        assert np.array_equal(fresh.params[k].astype(dtype), kern.params[k])
+    for call in range(2):
+        x, state, lengths, dy, dstate = make_inputs(mode, T, B, I, H, L, 2, False, dtype, True, seed=20 + call)
+        y, s, cache = kern.forward(x, state, lengths)
+        ry, rs, rcache = ref.forward(x, state, lengths)
+        dx, ds0 = kern.backward(cache, dy, dstate)
+        rdx, rds0 = ref.backward(rcache, dy, dstate)
+        got = {"y": y, "dx": dx, **flat("state_n", s), **flat("dstate0", ds0)}
+        want = {"y": ry, "dx": rdx, **flat("state_n", rs), **flat("dstate0", rds0)}
+        got.update({f"grads[{k!r}]": kern.grads[k] for k in kern.grads})
+        want.update({f"grads[{k!r}]": ref.grads[k] for k in ref.grads})
+        compare(got, want, RTOL[dtype], f"layer dropout {mode} call {call} {dtype}:", dtype=dtype)
+        y_call, _ = kern(x, state, lengths)  # no dropout at inference: differs from forward
+        assert not np.allclose(y_call, y)
+
+
+# ------------------------------------------------------------------------------------ cells
+
+
+CELL_SIZES = [(1, 7, 13), (6, 7, 13), (16, 33, 47), (17, 33, 47), (40, 16, 32)]  # B, I, H
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("size", CELL_SIZES, ids=lambda s: "B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("mode", MODES)
+def test_cells(mode, size, bias, dtype):
+    """Batches up to 16 take the cell's own small GEMM, larger ones the BLAS."""
+    B, I, H = size
+    kern, ref = make_cell_pair(mode, I, H, bias=bias, dtype=dtype, seed=2)
+    rng = np.random.default_rng(4)
+
+    def rand(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    lstm = mode == "lstm"
+    state = (rand(B, H), rand(B, H)) if lstm else rand(B, H)
+    xs = [rand(B, I) for _ in range(3)]
+    dnext = (rand(B, H), rand(B, H)) if lstm else rand(B, H)
+    results = []
+    for cell in (kern, ref):
+        out = {}
+        out.update(flat("call(x, None)", cell(xs[0])))
+        out.update(flat("call(x, state)", cell(xs[0], state)))
+        if lstm:
+            out.update(flat("call(x, (h, None))", cell(xs[0], (state[0], None))))
+            out.update(flat("call(x, (None, c))", cell(xs[0], (None, state[1]))))
+        # three training steps, then backward through them in reverse
+        s, caches = state, []
+        for t, x in enumerate(xs):
+            s, c = cell.forward(x, s)
+            caches.append(c)
+            out.update(flat(f"forward step {t}", s))
+        d = dnext
+        for t in reversed(range(3)):
+            dx, d = cell.backward(caches[t], d)
+            out[f"dx step {t}"] = dx
+            out.update(flat(f"dstate step {t}", d))
+        out.update({f"grads[{k!r}]": g.copy() for k, g in cell.grads.items()})
+        # forward with state None, backward with dstate None (LSTM: a partial tuple)
+        _, c = cell.forward(xs[1])
+        dx, d = cell.backward(c, (dnext[0], None) if lstm else None)
+        out["dx (zero state)"] = dx
+        out.update(flat("dstate (zero state)", d))
+        results.append(out)
+    compare(results[0], results[1], RTOL[dtype], f"{mode} cell {size} bias={bias} {dtype}:", dtype=dtype)
+
+
+# ------------------------------------------------------------------------ threads and SIMD
+
+
+def _functional_run(mode, w, x, state, lengths, dy, dstate, L=2, bidirectional=True):
+    """Forward + backward + inference through fr.functional: [(name, array), ...]."""
+    kw = dict(num_layers=L, bidirectional=bidirectional)
+    y, s, cache = fr.functional.recurrent_forward(mode, x, w, state, lengths, **kw)
+    dx, ds0, grads = fr.functional.recurrent_backward(cache, dy, dstate)
+    yc, sc = fr.functional.recurrent(mode, x, w, state, lengths, **kw)
+    out = {"y": y, "dx": dx, "y (recurrent)": yc}
+    out.update(flat("state_n", s))
+    out.update(flat("dstate0", ds0))
+    out.update(flat("state_n (recurrent)", sc))
+    for k, entry in enumerate(grads):
+        for name, g in zip(("dw_ih", "dw_hh", "db_ih", "db_hh"), entry):
+            out[f"grads[{k}] {name}"] = g
+    return list(out.items())
+
+
+THREAD_CASES = {  # mode, T, B, I, H, bidirectional
+    "small": ("lstm", 7, 5, 7, 13, True),                 # one thread runs the time loop
+    "gru-small": ("gru", 7, 5, 7, 13, True),
+    "threaded": ("lstm", *THREADED, True),                # a team per direction
+    "gru-threaded": ("gru", *THREADED, True),
+    "threaded-uni": ("lstm", *THREADED, False),           # threads share one direction's units
+    "gru-threaded-uni": ("gru", *THREADED, False),
+    "parallel": ("lstm", 3, 64, 24, 160, True),           # many unit blocks per thread
+    "gru-parallel": ("gru", 3, 128, 20, 176, True),
+    "lstm-parallel-short": ("lstm", 2, 64, 16, 128, False),
+}
+
+
+@pytest.mark.parametrize("case", list(THREAD_CASES))
+def test_thread_count_does_not_change_results(case, threads):
+    mode, T, B, I, H, bi = THREAD_CASES[case]
+    kern, _ = make_pair(mode, I, H, num_layers=2, bidirectional=bi, seed=1)
+    args = make_inputs(mode, T, B, I, H, 2, 1 + bi, False, "float64", True, seed=2)
+    results = {}
+    for n in (1, 2):
+        threads(n)
+        assert fr.get_num_threads() == n and fr.build_info()["num_threads"] == n
+        results[n] = _functional_run(mode, functional_weights(kern), *args, bidirectional=bi)
+    for n in (2,):
+        bad = [f"{name} (max abs difference {np.max(np.abs(a - b)):.3e})"
+               for (name, a), (_, b) in zip(results[1], results[n]) if not np.array_equal(a, b)]
+        assert not bad, f"{case}: float64 results with {n} threads differ from 1 thread: " + ", ".join(bad)
+
+
+@pytest.mark.parametrize("case", ["small", "gru-small", "threaded", "gru-threaded-uni", "lstm-parallel-short"])
+def test_concurrent_python_threads(case):
+    """4 Python threads calling the kernels at once (GIL released) = the same calls in series."""
+    mode, T, B, I, H, bi = THREAD_CASES[case]
+    kern, _ = make_pair(mode, I, H, num_layers=2, bidirectional=bi, seed=1)
+    w = functional_weights(kern)  # shared, read-only
+    inputs = [make_inputs(mode, T, B, I, H, 2, 1 + bi, False, "float64", True, seed=10 + i) for i in range(4)]
+    serial = [_functional_run(mode, w, *args, bidirectional=bi) for args in inputs]
+    reps = 2 if "parallel" in case or "threaded" in case else 6
+    barrier = threading.Barrier(4)
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            barrier.wait()
+            results[i] = [_functional_run(mode, w, *inputs[i], bidirectional=bi) for _ in range(reps)]
+        except BaseException as exc:  # reported below
+            errors.append((i, exc))
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert not errors, errors
+    for i in range(4):
+        for r, run in enumerate(results[i]):
+            for (name, a), (_, b) in zip(run, serial[i]):
+                assert np.array_equal(a, b), (f"{case}: thread {i} repetition {r} {name} differs from "
+                                              f"the serial call: max abs difference {np.max(np.abs(a - b)):.3e}")
+    for i in range(4):  # the threads' inputs differ, so must their results
+        assert i == 0 or not np.array_equal(serial[0][0][1], serial[i][0][1])
+
+
+SIMD_SCRIPT = textwrap.dedent(r"""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import fastrnn as fr
+    from test_kernels_recurrent import THREADED, check_case, test_cells
+    print(fr.build_info()["simd"])
+    fr.set_num_threads(2)
+    worst = {}
+    for mode in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+        for dtype in ("float32", "float64"):
+            for size, bi in (((6, 5, 7, 13), True), ((4, 3, 33, 47), True), ((1, 1, 16, 32), True),
+                             (THREADED, False), (THREADED, True)):
+                err = check_case(mode, *size, dtype=dtype, num_layers=2, bidirectional=bi, with_lengths=True)
+                worst[dtype] = max(worst.get(dtype, 0.0), err)
+            for size in ((3, 33, 47), (17, 33, 47)):
+                test_cells(mode, size, True, dtype)
+    print(worst)
+""")
+
+LEVELS = ["baseline", "avx2", "avx512"]
+
+
+def native_simd_level():
+    env = {k: v for k, v in os.environ.items() if k != "FASTRNN_SIMD"}
+    if "FASTRNN_SIMD" not in os.environ:
+        return fr.build_info()["simd"]
+    out = subprocess.run([sys.executable, "-c", "import fastrnn; print(fastrnn.build_info()['simd'])"],
+                         env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("level", ["avx2", "baseline"])
+def test_forced_simd_level(level):
+    """FASTRNN_SIMD forces a lower ISA level; its kernels match the reference too."""
+    native = native_simd_level()
+    assert native in LEVELS
+    expected = LEVELS[min(LEVELS.index(level), LEVELS.index(native))]
+    env = dict(os.environ, FASTRNN_SIMD=level)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", SIMD_SCRIPT, here], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"FASTRNN_SIMD={level}:\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stdout.split("\n")
+    assert lines[0] == expected, f"FASTRNN_SIMD={level}: build_info()['simd'] = {lines[0]!r}, expected {expected!r}"
