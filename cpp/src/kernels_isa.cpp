@@ -235,10 +235,13 @@ void gru_backward(const StepBackArgs<T>& a) {
 // and MR broadcasts feed 2*MR FMAs. Bp is the packed, zero-padded w_hh panel (see recurrent.cpp).
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
+constexpr int kMR = 8;  // 16 of the 32 zmm registers accumulate: two FMA pipes stay busy
 #elif defined(__AVX2__)
 constexpr int kVecBytes = 32;
+constexpr int kMR = 4;  // 8 of 16 ymm accumulate, the rest hold B and broadcasts
 #else
 constexpr int kVecBytes = 16;
+constexpr int kMR = 4;
 #endif
 
 template <typename T>
@@ -289,6 +292,8 @@ template <typename T>
 void panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t ncols,
            bool accumulate) {
   int64_t i = 0;
+  if constexpr (kMR == 8)
+    for (; i + 8 <= M; i += 8) panel_rows<T, 8>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
   for (; i + 4 <= M; i += 4) panel_rows<T, 4>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
   for (; i + 2 <= M; i += 2) panel_rows<T, 2>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
   for (; i < M; ++i) panel_rows<T, 1>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);

@@ -7,17 +7,27 @@ import os as _os
 
 from ._version import __version__
 
-# The bundled OpenBLAS reads this when it loads (below): its idle worker threads stop spinning
-# after ~2^4 cycles instead of the default 2^28, so they do not steal cores from the OpenMP
-# threads of the recurrent kernels. It only affects fastrnn's private OpenBLAS copy (NumPy's
-# own BLAS was initialised before), and the caller's setting, if any, wins.
-_saved = _os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+# The bundled OpenBLAS reads two variables when it loads (just below):
+# - OPENBLAS_THREAD_TIMEOUT: idle worker threads stop spinning after ~2^4 cycles instead of the
+#   default 2^28, so they do not steal cores from the OpenMP threads of the recurrent kernels;
+# - OPENBLAS_CORETYPE: a machine-wide setting aimed at NumPy's OpenBLAS (some images force
+#   "Haswell", halving SGEMM speed on AVX-512 CPUs). fastrnn's private copy detects the CPU
+#   itself; FASTRNN_OPENBLAS_CORETYPE forces a core type for it.
+# Both are restored right after the load: NumPy's BLAS and the caller's settings are untouched.
+_saved = {k: _os.environ.get(k) for k in ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_CORETYPE")}
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+if _os.environ.get("FASTRNN_OPENBLAS_CORETYPE"):
+    _os.environ["OPENBLAS_CORETYPE"] = _os.environ["FASTRNN_OPENBLAS_CORETYPE"]
+else:
+    _os.environ.pop("OPENBLAS_CORETYPE", None)
 try:
     from . import _core
 finally:
-    if _saved is None:
-        del _os.environ["OPENBLAS_THREAD_TIMEOUT"]
+    for _k, _v in _saved.items():
+        if _v is None:
+            _os.environ.pop(_k, None)
+        else:
+            _os.environ[_k] = _v
 
 from . import functional, init, losses, optim, reference  # noqa: E402
 from ._threads import build_info, get_num_threads, set_num_threads  # noqa: E402
