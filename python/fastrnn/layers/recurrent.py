@@ -245,12 +245,15 @@ class _Cell(_Parametrized):
         return (table["weight_ih"], table["weight_hh"], table.get("bias_ih"), table.get("bias_hh"))
 
     def __call__(self, x, state=None):
-        """h_next, or (h_next, c_next) for LSTMCell."""
-        if not (isinstance(x, np.ndarray) and x.dtype == self.dtype):
+        """h_next, or (h_next, c_next) for LSTMCell.
+
+        The hot path of hand-written loops: x is converted to the cell's dtype here; the
+        functional backend validates the state and converts it to x's dtype.
+        """
+        if type(x) is not np.ndarray or x.dtype != self.dtype:
             x = as_float_array("x", x, self.dtype)
-        if state is not None:
-            state = as_float_state("state", state, self.mode == "lstm", self.dtype)
-        return self._F.cell(self.mode, x, state, *self._weights(self.params))
+        p = self.params
+        return self._F.cell(self.mode, x, state, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
 
     def forward(self, x, state=None):
         """Training step: (state_next, cache)."""
