@@ -288,9 +288,40 @@ inline void panel_rows(int64_t i0, int64_t K, const T* A, int64_t lda, const T* 
   for (int r = 0; r < MR; ++r) store_row<T>(C + (i0 + r) * ldc, acc[r], ncols, accumulate);
 }
 
+// One row (M = 1, the matrix-vector product of batch-1 steps): with a single accumulator per
+// vector every FMA waits for the previous one (a K-long dependency chain), so k is split over
+// four accumulator pairs that are summed at the end.
+template <typename T>
+inline void panel_row1(int64_t i0, int64_t K, const T* A, const T* Bp, T* C, int64_t ldc, int64_t ncols,
+                       bool accumulate) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::lanes;
+  V acc[4][2];
+  for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = V{};
+  const T* a = A;
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4)
+    for (int u = 0; u < 4; ++u) {
+      const V av = V{} + a[k + u];
+      acc[u][0] += av * load(Bp + (k + u) * 2 * W);
+      acc[u][1] += av * load(Bp + (k + u) * 2 * W + W);
+    }
+  for (; k < K; ++k) {
+    const V av = V{} + a[k];
+    acc[0][0] += av * load(Bp + k * 2 * W);
+    acc[0][1] += av * load(Bp + k * 2 * W + W);
+  }
+  V sum[2] = {(acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]), (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1])};
+  store_row<T>(C + i0 * ldc, sum, ncols, accumulate);
+}
+
 template <typename T>
 void panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t ncols,
            bool accumulate) {
+  if (M == 1) {
+    panel_row1<T>(0, K, A, Bp, C, ldc, ncols, accumulate);
+    return;
+  }
   int64_t i = 0;
   if constexpr (kMR == 8)
     for (; i + 8 <= M; i += 8) panel_rows<T, 8>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);

@@ -95,11 +95,14 @@ void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, T* out) {
   for (int64_t g = 0; g < G; ++g)
     for (int64_t jb = 0; jb < NB; ++jb) {
       T* p = out + (g * NB + jb) * H * nr;
-      for (int64_t k = 0; k < H; ++k)
-        for (int64_t i = 0; i < nr; ++i) {
-          const int64_t j = jb * nr + i;
-          p[k * nr + i] = j < H ? w_hh[(g * H + j) * H + k] : T(0);
-        }
+      for (int64_t i = 0; i < nr; ++i) {  // one row of w_hh at a time: contiguous reads
+        const int64_t j = jb * nr + i;
+        const T* row = w_hh + (g * H + j) * H;
+        if (j < H)
+          for (int64_t k = 0; k < H; ++k) p[k * nr + i] = row[k];
+        else
+          for (int64_t k = 0; k < H; ++k) p[k * nr + i] = T(0);
+      }
     }
 }
 
@@ -136,11 +139,14 @@ std::vector<std::vector<Slice>> plan_threads(int64_t D, int64_t NB, int nt) {
   return plan;
 }
 
-// Threads for a layer's time loop: one when the whole loop is too small to pay for barriers,
-// never more than there are slices.
+// Threads for a layer's time loop. A step whose product is small (B*G*H*H below ~2^17
+// multiply-adds, about a microsecond on one core) gains less from splitting than a barrier
+// per step costs, so it runs on one thread per direction; tiny loops on one thread; never
+// more threads than slices.
 int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64_t D, int64_t NB) {
-  const double macs = double(T) * B * GH * H * D;
-  if (threads <= 1 || macs < double(1 << 17)) return 1;
+  const double step_macs = double(B) * GH * H;
+  if (threads <= 1 || double(T) * step_macs * D < double(1 << 17)) return 1;
+  if (step_macs < double(1 << 17)) return static_cast<int>(std::min<int64_t>(threads, D));
   return static_cast<int>(std::min<int64_t>(threads, D * NB));
 }
 
@@ -442,8 +448,8 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
 // ---------------------------------------------------------------------------- cell step
 
 // Up to this batch a cell step's products run in gemm_nt_small (W rows reused from L1 across
-// the batch); above it the BLAS's packed GEMM wins.
-constexpr int64_t kSmallCellBatch = 16;
+// the batch, no BLAS threads to wake); above it the BLAS's packed GEMM wins.
+constexpr int64_t kSmallCellBatch = 64;
 
 template <typename T>
 void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* h, const T* c,
