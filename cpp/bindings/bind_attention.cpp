@@ -55,6 +55,10 @@ View float_view(const py::object& obj, const std::string& name, int64_t min_ndim
       throw py::value_error(name + ": strides must be multiples of the item size");
     v.strides.push_back(s / static_cast<py::ssize_t>(sizeof(T)));
   }
+  if (product(v.shape) == 0) {  // nothing is read: NumPy's strides of empty arrays are arbitrary
+    int64_t st = 1;
+    for (size_t d = v.shape.size(); d-- > 0;) { v.strides[d] = st; st *= std::max<int64_t>(v.shape[d], 1); }
+  }
   if (v.cols() > 1 && v.strides.back() != 1)
     throw py::value_error(name + ": expected unit stride along the last axis");
   return v;

@@ -20,7 +20,10 @@
 //   backward recomputes P = exp(q k^T * scale + masks - lse) blockwise (FlashAttention-2):
 //     dV += P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),
 //     dQ += dS K * scale,  dK += dS^T Q * scale.
-// - Work split (OpenMP, `threads`): forward over (batch, 256-row query chunks); backward either
+// - Forward computes its score tiles transposed, S^T = K_j Q_i^T (Q^T packed once per chunk,
+//   K and V read in place), so the online softmax runs down columns, one query per SIMD lane.
+// - Work split (OpenMP, `threads`; problems under ~4 MFLOP run on the calling thread): forward
+//   over (batch, 256-row query chunks); backward either
 //   one task per batch entry (dQ, dK, dV in one sweep) or, when there are fewer batch entries
 //   than threads, two sweeps: (batch, key chunk) -> dK, dV and (batch, query chunk) -> dQ.
 //   Both compute every (query block, key block) tile with the same code in the same order,

@@ -75,11 +75,6 @@ template <typename T> inline T hsum(V<T> v) {
   for (int64_t i = 0; i < W<T>; ++i) s += v[i];
   return s;
 }
-template <typename T> inline T hmax(V<T> v) {
-  T s = v[0];
-  for (int64_t i = 1; i < W<T>; ++i) s = v[i] > s ? v[i] : s;
-  return s;
-}
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -101,8 +96,7 @@ inline V<float> vexp(V<float> x) {
   p = p * r * r + r + 1.0f;
   const VI<float> bits = (__builtin_convertvector(n, VI<float>) + 127) << 23;
   const V<float> out = p * (V<float>)bits;
-  const V<float> zeroed = x < splat(-87.0f) ? V<float>{} : out;
-  return x != x ? x : zeroed;
+  return x < splat(-87.0f) ? V<float>{} : out;  // NaN passes through the clamps and stays NaN
 }
 
 // s[c] = exp(s[c] - shift) for c < n (n a multiple of W); returns the sum.
@@ -125,12 +119,6 @@ inline double exp_shift_sum(double* s, double shift, int64_t n) {
     acc += e;
   }
   return acc;
-}
-
-template <typename T> inline T row_max(const T* s, int64_t n) {
-  V<T> m = splat(-std::numeric_limits<T>::infinity());
-  for (int64_t c = 0; c < n; c += W<T>) m = vmax<T>(m, vload(s + c));
-  return hmax<T>(m);
 }
 
 // ------------------------------------------------------------------------------ micro-kernel
@@ -278,11 +266,10 @@ struct Dims {
         Evp(round_up(std::max<int64_t>(p.Ev, 1), W<T>)), BKP(round_up(BK, W<T>)) {}
 };
 
-// Key block j0..j0+nc-1 of batch b, packed for the tiles.
+// Key block j0..j0+nc-1 of batch b, packed for the backward / weights tiles.
 template <typename T>
 struct KeyBlock {
   T* Kt;   // (E, BKP)   scores
-  T* Vp;   // (BK, Evp)  forward P V
   T* Kr;   // (BK, Ep)   backward dQ
   T* Vt;   // (Ev, BKP)  backward dP
 };
@@ -310,74 +297,139 @@ inline int team_size(int threads, int64_t tasks) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
 }
 
+// Below this much work (~30 us on one core) a call runs on the calling thread: an OpenMP
+// fork/join costs more than it saves (e.g. one decoder step attending over its memory).
+constexpr double kMinParallelFlops = 4e6;
+
+template <typename T>
+int sdpa_team(const SdpaProblem<T>& p, int64_t tasks, double passes) {
+  const double flops = 2.0 * passes * static_cast<double>(p.nbatch) * static_cast<double>(p.Lq) *
+                       static_cast<double>(p.S) * static_cast<double>(p.E + p.Ev) * (p.causal ? 0.5 : 1.0);
+  return flops < kMinParallelFlops ? 1 : team_size(p.threads, tasks);
+}
+
 // ------------------------------------------------------------------------------ forward
+// Scores are computed TRANSPOSED, S^T = K_j Q_i^T (keys x queries): Q^T is packed once per
+// task and K, V are read in place, and the online softmax runs down the columns (one query per
+// lane), so the running max / sum are whole-vector operations with no horizontal reductions.
+
+// v - m, exp'ed lane by lane (float: the vector exp; double: the C library's).
+inline V<float> exp_diff(V<float> x, V<float> m) { return vexp(x - m); }
+inline V<double> exp_diff(V<double> x, V<double> m) {
+  V<double> r;
+  for (int64_t i = 0; i < W<double>; ++i) r[i] = std::exp(x[i] - m[i]);
+  return r;
+}
+
+// Masks and causal on a transposed tile: st (nc keys x ld) columns r < nr are query rows i0 + r.
+template <typename T>
+void mask_tile_t(const SdpaProblem<T>& p, int64_t b, int64_t i0, int64_t nr, int64_t j0, int64_t nc, T* st,
+                 int64_t ld) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int mi = 0; mi < 2; ++mi) {
+    const MaskBatch<T>& m = p.mask[mi];
+    if (!m.present()) continue;
+    for (int64_t c = 0; c < nc; ++c) {
+      T* row = st + c * ld;
+      const int64_t base = m.off[b] + i0 * m.ld_row + (j0 + c) * m.ld_col;
+      if (m.add) {
+        const T* mp = m.add + base;
+        for (int64_t r = 0; r < nr; ++r) row[r] += mp[r * m.ld_row];
+      } else {
+        const uint8_t* mp = m.flag + base;
+        const bool allows = m.flag_allows;
+        for (int64_t r = 0; r < nr; ++r)
+          if ((mp[r * m.ld_row] != 0) != allows) row[r] = ninf;
+      }
+    }
+  }
+  if (p.causal && j0 + nc - 1 > i0)  // key j0 + c is masked for rows i0 + r < j0 + c
+    for (int64_t c = 0; c < nc; ++c) {
+      T* row = st + c * ld;
+      const int64_t upto = std::min(nr, j0 + c - i0);
+      for (int64_t r = 0; r < upto; ++r) row[r] = ninf;
+    }
+}
 
 template <typename T>
 void forward_impl(const SdpaProblem<T>& p, const MutMatBatch<T>& out, T* lse) {
   const Dims<T> d(p);
-  const int64_t Lq = p.Lq, S = p.S, E = p.E, Ev = p.Ev, BKP = d.BKP, Evp = d.Evp;
+  const int64_t Lq = p.Lq, S = p.S, E = p.E, Ev = p.Ev, Evp = d.Evp;
   const int64_t nchunks = (Lq + QCHUNK - 1) / QCHUNK;
   const int64_t tasks = p.nbatch * nchunks;
   if (tasks == 0) return;
-  const int nt = team_size(p.threads, tasks);
-  // per-thread scratch: O acc (QCHUNK, Evp), m, l (QCHUNK), scores (BQ, BKP), K^T (E, BKP), V (BK, Evp)
-  const int64_t per = QCHUNK * Evp + 2 * QCHUNK + BQ * BKP + std::max<int64_t>(E, 1) * BKP + BK * Evp + 16;
+  const int nt = sdpa_team(p, tasks, 1.0);
+  const bool v_direct = Ev % W<T> == 0;  // whole vectors per V row: read V in place
+  const int64_t QCP = QCHUNK + 64 / static_cast<int64_t>(sizeof(T));  // Q^T row stride: off powers of two
+  // per-thread scratch: Q^T (E, QCP), O acc (QCHUNK, Evp), m, l, alpha (QCHUNK), S^T (BK, BQ), V (BK, Evp)
+  const int64_t per = std::max<int64_t>(E, 1) * QCP + QCHUNK * Evp + 3 * QCHUNK + BK * BQ + (v_direct ? 0 : BK * Evp);
   Scratch<T> scratch(per, nt);
   const T ninf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel num_threads(nt)
   {
-    T* base = scratch.thread(omp_get_thread_num());
-    T* O = base;
+    T* QT = scratch.thread(omp_get_thread_num());
+    T* O = QT + std::max<int64_t>(E, 1) * QCP;
     T* mrow = O + QCHUNK * Evp;
     T* lrow = mrow + QCHUNK;
-    T* Sb = lrow + QCHUNK;
-    T* Kt = Sb + BQ * BKP;
-    T* Vp = Kt + std::max<int64_t>(E, 1) * BKP;
-#pragma omp for schedule(dynamic, 1)
+    T* arow = lrow + QCHUNK;
+    T* ST = arow + QCHUNK;
+    T* Vp = ST + BK * BQ;
+#pragma omp for schedule(dynamic, 1) nowait  // the region's closing barrier suffices
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / nchunks;
       const int64_t R0 = (task % nchunks) * QCHUNK, R1 = std::min(Lq, R0 + QCHUNK);
-      const T* q = p.q.at(b);
       const T* k = p.k.at(b);
       const T* v = p.v.at(b);
+      pack_transposed(p.q.at(b) + R0 * p.q.ld, p.q.ld, R1 - R0, E, QT, QCP);
       std::fill(O, O + (R1 - R0) * Evp, T(0));
-      std::fill(mrow, mrow + (R1 - R0), ninf);
-      std::fill(lrow, lrow + (R1 - R0), T(0));
+      std::fill(mrow, mrow + QCHUNK, ninf);
+      std::fill(lrow, lrow + QCHUNK, T(0));
       const int64_t kend = p.causal ? std::min(S, R1) : S;
       for (int64_t j0 = 0; j0 < kend; j0 += BK) {
         const int64_t nc = std::min(BK, S - j0);
-        pack_transposed(k + j0 * p.k.ld, p.k.ld, nc, E, Kt, BKP);
-        pack_rows(v + j0 * p.v.ld, p.v.ld, nc, Ev, Vp, Evp);
+        const T* vb = v + j0 * p.v.ld;
+        int64_t ldvb = p.v.ld;
+        if (!v_direct) {
+          pack_rows(vb, p.v.ld, nc, Ev, Vp, Evp);
+          vb = Vp;
+          ldvb = Evp;
+        }
         for (int64_t i0 = R0; i0 < R1; i0 += BQ) {
           const int64_t nr = std::min(BQ, R1 - i0);
           if (p.causal && j0 > i0 + nr - 1) continue;  // every key after every row
-          tile_gemm<T, false>(nr, nc, E, q + i0 * p.q.ld, p.q.ld, 1, Kt, BKP, Sb, BKP, p.scale);
-          const bool masked = needs_mask(p, i0, j0, nc, BKP);
-          for (int64_t r = 0; r < nr; ++r) {
-            T* s = Sb + r * BKP;
-            const int64_t ri = i0 - R0 + r;
-            if (masked) mask_row(p, b, i0 + r, j0, nc, BKP, s);
-            const T mx = row_max(s, BKP);
-            const T m_old = mrow[ri];
-            const T m_new = mx > m_old ? mx : m_old;
-            if (m_new == ninf) {  // nothing to attend to so far
-              std::fill(s, s + BKP, T(0));
-              continue;
+          const int64_t c0 = i0 - R0;                    // this block's first column in Q^T, m, l
+          // S^T (nc x nr) = scale * K_j Q_i^T
+          tile_gemm<T, false>(nc, nr, E, k + j0 * p.k.ld, p.k.ld, 1, QT + c0, QCP, ST, BQ, p.scale);
+          mask_tile_t(p, b, i0, nr, j0, nc, ST, BQ);
+          // online softmax down the columns (one query per lane)
+          const int64_t ncv = round_up(nr, W<T>);
+          for (int64_t r = 0; r < ncv; r += W<T>) {
+            V<T> mx = splat(ninf);
+            for (int64_t c = 0; c < nc; ++c) mx = vmax<T>(mx, vload(ST + c * BQ + r));
+            const V<T> m_old = vload(mrow + c0 + r);
+            const V<T> m_new = vmax<T>(m_old, mx);
+            const V<T> m_use = m_new == splat(ninf) ? V<T>{} : m_new;  // nothing to attend to yet: p = 0
+            V<T> sum{};
+            for (int64_t c = 0; c < nc; ++c) {
+              const V<T> e = exp_diff(vload(ST + c * BQ + r), m_use);
+              vstore(ST + c * BQ + r, e);
+              sum += e;
             }
-            const T sum = exp_shift_sum(s, m_new, BKP);
-            if (m_old != m_new) {
-              const T alpha = std::exp(m_old - m_new);  // 0 when m_old = -inf
-              T* o = O + ri * Evp;
-              const V<T> av = splat(alpha);
-              for (int64_t c = 0; c < Evp; c += W<T>) vstore(o + c, vload(o + c) * av);
-              lrow[ri] = lrow[ri] * alpha + sum;
-              mrow[ri] = m_new;
-            } else {
-              lrow[ri] += sum;
-            }
+            const V<T> alpha = exp_diff(m_old, m_use);  // 0 when m_old = -inf
+            vstore(lrow + c0 + r, vload(lrow + c0 + r) * alpha + sum);
+            vstore(mrow + c0 + r, m_new);
+            vstore(arow + r, alpha);
           }
-          tile_gemm<T, true>(nr, Ev, nc, Sb, BKP, 1, Vp, Evp, O + (i0 - R0) * Evp, Evp);
+          for (int64_t r = 0; r < nr; ++r) {  // rescale the rows whose max moved
+            const T alpha = arow[r];
+            if (alpha == T(1)) continue;
+            T* o = O + (c0 + r) * Evp;
+            const V<T> av = splat(alpha);
+            for (int64_t c = 0; c < Evp; c += W<T>) vstore(o + c, vload(o + c) * av);
+          }
+          // O_i += P V_j, P = (S^T)^T read through strides
+          tile_gemm<T, true>(nr, Ev, nc, ST, 1, BQ, vb, ldvb, O + c0 * Evp, Evp);
         }
       }
       T* o_b = out.at(b);
@@ -494,7 +546,8 @@ void backward_impl(const SdpaProblem<T>& p, const MatBatch<T>& out, const T* lse
     }
     return;
   }
-  const int threads = std::max(1, p.threads);
+  const int64_t most_tasks = p.nbatch * ((std::max(Lq, S) + QCHUNK - 1) / QCHUNK);
+  const int threads = sdpa_team(p, most_tasks, 2.5) > 1 ? p.threads : 1;  // 1: tiny problem
   const bool one_sweep = threads == 1 || (p.nbatch >= threads && (p.nbatch % threads == 0 || p.nbatch >= 4 * threads));
   // key-block packing and tile scratch, common to every mode
   const int64_t per_key = E1 * BKP + BK * Ep + Ev1 * BKP + 2 * BQ * BKP;
@@ -504,7 +557,6 @@ void backward_impl(const SdpaProblem<T>& p, const MatBatch<T>& out, const T* lse
     kb.Kt = base;
     kb.Kr = kb.Kt + E1 * BKP;
     kb.Vt = kb.Kr + BK * Ep;
-    kb.Vp = nullptr;
     return kb;
   };
   auto pack_keys = [&](const KeyBlock<T>& kb, int64_t b, int64_t j0, int64_t nc) {
@@ -553,7 +605,7 @@ void backward_impl(const SdpaProblem<T>& p, const MatBatch<T>& out, const T* lse
       T* dOp = Qp + Lq * Ep;
       T* dQacc = dOp + Lq * Evp;
       T* D = dQacc + Lq * Ep;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait  // the region's closing barrier suffices
       for (int64_t b = 0; b < p.nbatch; ++b) {
         pack_batch_rows(b, Qp, dOp, D);
         std::fill(dQacc, dQacc + Lq * Ep, T(0));
@@ -583,7 +635,7 @@ void backward_impl(const SdpaProblem<T>& p, const MatBatch<T>& out, const T* lse
       T* dOp = Qp + Lq * Ep;
       T* D = dOp + Lq * Evp;
       int64_t packed_b = -1;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait  // the region's closing barrier suffices
       for (int64_t task = 0; task < tasks; ++task) {
         const int64_t b = task / kchunks;
         const int64_t J0 = (task % kchunks) * KCHUNK, J1 = std::min(S, J0 + KCHUNK);
@@ -610,7 +662,7 @@ void backward_impl(const SdpaProblem<T>& p, const MatBatch<T>& out, const T* lse
       T* dS = P + BQ * BKP;
       T* dQacc = dS + BQ * BKP;
       T* D = dQacc + QCHUNK * Ep;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait  // the region's closing barrier suffices
       for (int64_t task = 0; task < tasks; ++task) {
         const int64_t b = task / qchunks;
         const int64_t R0 = (task % qchunks) * QCHUNK, R1 = std::min(Lq, R0 + QCHUNK);
@@ -643,7 +695,7 @@ void weights_impl(const SdpaProblem<T>& p, const T* lse, T* weights, int64_t gro
   const int64_t nchunks = (Lq + QCHUNK - 1) / QCHUNK;
   const int64_t tasks = nout * nchunks;
   if (tasks == 0 || S == 0) return;  // weights were zero-initialised by the caller
-  const int nt = team_size(p.threads, tasks);
+  const int nt = sdpa_team(p, tasks, 0.5);
   const int64_t per = std::max<int64_t>(E, 1) * BKP + BQ * BKP + 16;
   Scratch<T> scratch(per, nt);
   const T inv_group = T(1) / T(group);
@@ -651,7 +703,7 @@ void weights_impl(const SdpaProblem<T>& p, const T* lse, T* weights, int64_t gro
   {
     T* Kt = scratch.thread(omp_get_thread_num());
     T* P = Kt + std::max<int64_t>(E, 1) * BKP;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait  // the region's closing barrier suffices
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t n = task / nchunks;
       const int64_t R0 = (task % nchunks) * QCHUNK, R1 = std::min(Lq, R0 + QCHUNK);
@@ -693,14 +745,15 @@ template <typename T>
 void additive_forward_impl(const attn::AdditiveFusedArgs<T>& a) {
   const int64_t B = a.B, S = a.S, K = a.K, H = a.H;
   if (B == 0) return;
-  const int nt = team_size(a.threads, B);
+  const double flops = static_cast<double>(B) * static_cast<double>(S) * static_cast<double>(20 * H + 2 * K);
+  const int nt = flops < kMinParallelFlops ? 1 : team_size(a.threads, B);
   Scratch<T> scratch((H + S + 1), nt);
   const T ninf = -std::numeric_limits<T>::infinity();
 #pragma omp parallel num_threads(nt)
   {
     T* tbuf = scratch.thread(omp_get_thread_num());
     T* sc = tbuf + H;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait  // the region's closing barrier suffices
     for (int64_t b = 0; b < B; ++b) {
       const T* qpb = a.qpb + b * H;
       const uint8_t* mk = a.mask ? a.mask + b * S : nullptr;
@@ -750,12 +803,13 @@ template <typename T>
 void additive_backward_impl(const attn::AdditiveFusedBackArgs<T>& a) {
   const int64_t B = a.B, S = a.S, K = a.K, H = a.H;
   if (B == 0) return;
-  const int nt = team_size(a.threads, B);
+  const double flops = static_cast<double>(B) * static_cast<double>(S) * static_cast<double>(6 * H + 4 * K);
+  const int nt = flops < kMinParallelFlops ? 1 : team_size(a.threads, B);
   Scratch<T> scratch((S + 1), nt);
 #pragma omp parallel num_threads(nt)
   {
     T* ds = scratch.thread(omp_get_thread_num());
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait  // the region's closing barrier suffices
     for (int64_t b = 0; b < B; ++b) {
       const T* w = a.weights + b * S;
       const T* g = a.dcontext + b * K;

@@ -134,40 +134,10 @@ def _check_cache(cache, kind, producer):
         raise ValueError(f"cache: expected the cache returned by {producer}, got {got!r}")
 
 
-def _as_grad_output(name, d, shape, dtype):
-    d = _checks.as_float_array(name, d, dtype)
-    if d.shape != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)} (the output's), got {d.shape}")
-    return d
-
-
-def _check_grads_mapping(grads, expected, name="grads"):
-    """`grads` (dict name -> writable float array) with exactly the keys/shapes of `expected`."""
-    if not isinstance(grads, dict):
-        raise TypeError(f"{name}: expected a dict of arrays to accumulate into, got {type(grads).__name__}")
-    missing = [key for key in expected if grads.get(key) is None]
-    extra = [key for key in grads if key not in expected and grads[key] is not None]
-    if missing or extra:
-        what = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
-        raise ValueError(f"{name}: {what}; expected keys {tuple(expected)}")
-    for key, shape in expected.items():
-        g = grads[key]
-        if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
-            raise TypeError(f"{name}['{key}']: expected a float ndarray to accumulate into, got {type(g).__name__}")
-        _checks.check_shape(f"{name}['{key}']", g, shape)
-        if not g.flags.writeable:
-            raise ValueError(f"{name}['{key}']: array is read-only")
-
-
-def _check_grads_tuple(grads, like, name="grads"):
-    if not isinstance(grads, (tuple, list)) or len(grads) != len(like):
-        raise TypeError(f"{name}: expected a tuple of {len(like)} arrays (dW_q, dW_k, db, dv)")
-    for j, (g, w) in enumerate(zip(grads, like)):
-        if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
-            raise TypeError(f"{name}[{j}]: expected a float ndarray to accumulate into, got {type(g).__name__}")
-        _checks.check_shape(f"{name}[{j}]", g, w.shape)
-        if not g.flags.writeable:
-            raise ValueError(f"{name}[{j}]: array is read-only")
+# shared with the C++ backend (python/fastrnn/functional/attention.py): one set of messages
+_as_grad_output = _checks.check_grad_output
+_check_grads_mapping = _checks.check_grads_mapping
+_check_grads_tuple = _checks.check_grads_tuple
 
 
 # --------------------------------------------------------------------------- SDPA core
