@@ -12,6 +12,19 @@ namespace fastrnn {
 
 namespace {
 inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
+
+// OpenBLAS's threaded work runs on OpenMP's threads instead of its own pthread pool: one pool
+// of threads for the whole library, so BLAS workers and the recurrent kernels' threads never
+// spin against each other on the same cores. (We still never call the BLAS from inside one
+// of our own parallel regions.) OpenBLAS hands us `numjobs` independent jobs.
+void openmp_blas_backend(int /*sync*/, openblas_dojob_callback dojob, int numjobs, size_t jobdata_elsize,
+                         void* jobdata, int dojob_data) {
+#pragma omp parallel for num_threads(numjobs) schedule(static, 1)
+  for (int i = 0; i < numjobs; ++i)
+    dojob(i, static_cast<char*>(jobdata) + static_cast<size_t>(i) * jobdata_elsize, dojob_data);
+}
+
+const bool kBackendSet = (scipy_openblas_set_threads_callback_function(&openmp_blas_backend), true);
 }  // namespace
 
 template <>
