@@ -27,18 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
-from .recurrent import LayerCache  # one cache type for all layers
+from ._params import LayerCache, Parametrized  # one cache type, one params base for all layers
 
 __all__ = ["MultiheadAttention", "AdditiveAttention"]
-
-
-def _unwrap_cache(layer, cache):
-    if not isinstance(cache, LayerCache):
-        raise ValueError(f"cache: expected the cache of this layer's forward, got {type(cache).__name__}")
-    if cache.owner is not layer:
-        raise ValueError(f"cache: expected the cache of this layer's forward, got one of another "
-                         f"{type(cache.owner).__name__}")
-    return cache.inner
 
 
 def _check_backend(layer):
@@ -47,42 +38,8 @@ def _check_backend(layer):
         raise TypeError(f"{name} has no functional backend: use fastrnn.{name} or fastrnn.reference.{name}")
 
 
-class _ParamsMixin:
-    """params / grads / zero_grad / state_dict / load_state_dict over `self._shapes`."""
-
-    def zero_grad(self):
-        for g in self.grads.values():
-            g[...] = 0
-
-    def state_dict(self):
-        """Copies of the parameters, PyTorch's names and order."""
-        return {name: p.copy() for name, p in self.params.items()}
-
-    def load_state_dict(self, state_dict):
-        """Copy parameters in place from any mapping of the same names to array-likes.
-
-        Missing or unexpected keys, wrong shapes and non-float values raise (nothing is
-        changed then). Torch tensors (CPU, detached) and np.load'ed .npz files work as well.
-        """
-        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
-            raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(state_dict).__name__}")
-        keys = list(state_dict.keys())
-        missing = [k for k in self.params if k not in keys]
-        unexpected = [k for k in keys if k not in self.params]
-        if missing:
-            raise ValueError(f"state_dict: missing key {missing[0]!r}; expected keys {tuple(self.params)}")
-        if unexpected:
-            raise ValueError(f"state_dict: unexpected key {unexpected[0]!r}; expected keys {tuple(self.params)}")
-        new = {}
-        for name, p in self.params.items():
-            value = state_dict[name]
-            if not isinstance(value, np.ndarray) and hasattr(value, "detach"):   # a torch tensor
-                value = value.detach().cpu().numpy()
-            arr = _checks.as_float_array(f"state_dict['{name}']", value, self.dtype)
-            _checks.check_shape(f"state_dict['{name}']", arr, p.shape)
-            new[name] = arr
-        for name, arr in new.items():
-            self.params[name][...] = arr
+class _ParamsMixin(Parametrized):
+    """Parameters over `self._shapes` (the shared Parametrized base) plus their gradients."""
 
     def _init_grads(self):
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
@@ -177,7 +134,7 @@ class MultiheadAttention(_ParamsMixin):
 
     def backward(self, cache, dout):
         """dout (out's shape) -> (dquery, dkey, dvalue); parameter gradients are ADDED to self.grads."""
-        inner = _unwrap_cache(self, cache)
+        inner = self._unwrap(cache)
         dout = _checks.as_float_array("dout", dout, self.dtype)
         dq, dk, dv, _ = self._F.multi_head_attention_backward(inner, dout, self.grads)
         return dq, dk, dv
@@ -252,7 +209,7 @@ class AdditiveAttention(_ParamsMixin):
 
     def backward(self, cache, dcontext):
         """dcontext (B, K) -> (dquery, dkeys); parameter gradients are ADDED to self.grads."""
-        inner = _unwrap_cache(self, cache)
+        inner = self._unwrap(cache)
         dcontext = _checks.as_float_array("dcontext", dcontext, self.dtype)
         g = self.grads
         dquery, dkeys, _ = self._F.additive_attention_backward(inner, dcontext, (g["W_q"], g["W_k"], g["b"], g["v"]))

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
 
 import numpy as np
 
+from ._params import Parametrized
 from .._checks import as_float_array, check_positive_int, resolve_dtype
 from .. import init as _init
 
@@ -72,41 +72,8 @@ def _seed_rng(seed) -> np.random.Generator:
 
 
 # ============================================================================ shared
-class _Module:
-    """zero_grad / state_dict / load_state_dict for layers with ``params`` and ``grads`` dicts."""
-
-    params: dict
-    grads: dict
-
-    def zero_grad(self) -> None:
-        """Set every gradient to 0 (in place)."""
-        for g in self.grads.values():
-            g[...] = 0
-
-    def state_dict(self) -> dict:
-        """Copies of the parameters under PyTorch's names."""
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, mapping) -> None:
-        """Copy parameters in from any mapping of the exact names to array-likes (a torch
-        ``state_dict()`` after ``.detach().numpy()``, an ``np.load``-ed .npz). Missing or
-        unexpected names, wrong shapes and non-float values raise before anything changes;
-        values are copied into the existing arrays (converted to the layer's dtype)."""
-        if not isinstance(mapping, Mapping) and not hasattr(mapping, "files"):
-            raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(mapping).__name__}")
-        keys = set(mapping.files) if hasattr(mapping, "files") else set(mapping.keys())
-        missing = sorted(set(self.params) - keys)
-        unexpected = sorted(str(k) for k in keys - set(self.params))
-        if missing or unexpected:
-            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        new = {}
-        for name, p in self.params.items():
-            arr = as_float_array(f"state_dict[{name!r}]", np.asarray(mapping[name]), dtype=p.dtype)
-            if arr.shape != p.shape:
-                raise ValueError(f"state_dict[{name!r}]: expected shape {p.shape}, got {arr.shape}")
-            new[name] = arr
-        for name, arr in new.items():
-            self.params[name][...] = arr
+class _Module(Parametrized):
+    """The shared Parametrized base (params, grads, zero_grad, state_dict, load_state_dict)."""
 
 
 # ============================================================================ Linear

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from ._params import LayerCache, Parametrized
 from .._checks import (
     check_param_sizes,
     RECURRENT_GATES,
@@ -32,26 +33,12 @@ from .._checks import (
     check_choice,
     check_positive_int,
     check_probability,
-    check_shape,
     resolve_dtype,
 )
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "LayerCache"]
 
-class LayerCache:
-    """The cache of one layer `forward` call: `owner` (the layer) and `inner` (the backend's cache)."""
-
-    __slots__ = ("owner", "inner")
-
-    def __init__(self, owner, inner):
-        self.owner = owner
-        self.inner = inner
-
-    def __repr__(self):
-        return f"LayerCache(owner={type(self.owner).__name__}, inner={self.inner!r})"
-
-
-class _Parametrized:
+class _Parametrized(Parametrized):
     """Parameters, gradients and state_dict shared by the sequence layers and the cells."""
 
     _F = None  # the functional backend, set by the bound subclasses
@@ -67,44 +54,6 @@ class _Parametrized:
         self.params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                        for name, shape in shapes.items()}
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
-
-    def zero_grad(self):
-        for g in self.grads.values():
-            g[...] = 0
-
-    def state_dict(self):
-        """name -> copy of the parameter array (PyTorch's names and shapes)."""
-        return {name: p.copy() for name, p in self.params.items()}
-
-    def load_state_dict(self, state_dict):
-        """Copy a mapping name -> array-like (PyTorch state_dict numpy()-ed, an npz, ...) into
-        the existing parameter arrays, converting dtype. All names and shapes are checked first."""
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
-        keys = list(state_dict.keys())
-        missing = [k for k in self.params if k not in keys]
-        unexpected = [k for k in keys if k not in self.params]
-        if missing or unexpected:
-            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        arrays = {}
-        for name, p in self.params.items():
-            value = state_dict[name]
-            if hasattr(value, "detach"):  # a torch tensor
-                value = value.detach().cpu().numpy()
-            arr = as_float_array(f"state_dict[{name!r}]", value)
-            check_shape(f"state_dict[{name!r}]", arr, p.shape)
-            arrays[name] = arr
-        for name, arr in arrays.items():
-            np.copyto(self.params[name], arr, casting="same_kind")
-
-    def _unwrap(self, cache):
-        if not isinstance(cache, LayerCache):
-            raise ValueError(f"cache: expected the cache of this {type(self).__name__}'s forward, "
-                             f"got {type(cache).__name__}")
-        if cache.owner is not self:
-            raise ValueError(f"cache: expected the cache of this {type(self).__name__}'s forward, "
-                             f"got one of another {type(cache.owner).__name__}")
-        return cache.inner
 
 
 # ============================================================================================
