@@ -396,11 +396,13 @@ def plot(result: dict, path: str) -> None:
     vs_torch = [r["seconds"].get("torch", np.nan) / r["seconds"]["fastrnn"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows)), 5))
     xs = np.arange(len(rows))
-    ax.bar(xs, vs_torch, color=["tab:green" if v >= 1 else "tab:red" for v in vs_torch])
+    bars = ax.bar(xs, vs_torch, color=["tab:green" if v >= 1 else "tab:red" for v in vs_torch])
+    ax.set_yscale("log")
+    ax.bar_label(bars, labels=[f"{v:.2f}x" for v in vs_torch], fontsize=6, padding=1)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=90, fontsize=7)
-    ax.set_ylabel("speedup over PyTorch (x)")
+    ax.set_ylabel("speedup over PyTorch (x, log scale; > 1 = fastrnn faster)")
     ax.set_title(f"fastrnn vs PyTorch {result['torch']} - {result['machine']['cpu']}, {result['threads']} threads, "
                  f"{result['dtype']}", fontsize=9)
     fig.tight_layout()
