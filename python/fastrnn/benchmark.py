@@ -383,6 +383,33 @@ def format_table(result: dict) -> str:
     return "\n".join(out)
 
 
+def format_markdown(result: dict) -> str:
+    """The table as Markdown (what the README shows), with the machine and versions."""
+    m, b = result["machine"], result["build"]
+    has_torch = result["torch"] is not None
+    lines = [f"Measured with `fastrnn bench` on {m['cpu']} ({m['cpus_usable']} CPUs usable), "
+             f"{result['threads']} threads, {result['dtype']}; fastrnn {b['version']} (SIMD {b['simd']}, "
+             f"{b['blas_version'].split(' DYNAMIC')[0]}), PyTorch {result['torch'] or 'not installed'}, "
+             f"NumPy {m['numpy']}, Python {m['python']}. Bundled BLAS SGEMM 2048^3: "
+             f"{result['gemm_gflops']:.0f} GFLOP/s.", ""]
+    head = "| what | mode | shape | fastrnn | GFLOP/s |" + (" PyTorch | speedup |" if has_torch else "") + " NumPy reference | speedup |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in result["rows"]:
+        s = r["seconds"]
+        f = s.get("fastrnn")
+        gf = r["flops"] / f / 1e9 if f and r["flops"] else None
+        what = r["cell"] if r["kind"] != "cell_step" else f"{r['cell']} cell step"
+        row = f"| {what} | {r['mode']} | {'x'.join(str(v) for v in r['shape'])} | {_fmt_time(f)} | " \
+              f"{'-' if gf is None else f'{gf:.0f}'} |"
+        if has_torch:
+            t = s.get("torch")
+            row += f" {_fmt_time(t)} | {'-' if not (t and f) else f'{t / f:.2f}x'} |"
+        ref = s.get("reference")
+        row += f" {_fmt_time(ref)} | {'-' if not (ref and f) else f'{ref / f:.1f}x'} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
 def plot(result: dict, path: str) -> None:
     try:
         import matplotlib

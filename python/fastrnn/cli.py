@@ -38,6 +38,10 @@ def cmd_bench(args) -> int:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
         print(f"raw rows written to {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(benchmark.format_markdown(result))
+        print(f"markdown table written to {args.markdown}")
     if args.plot:
         benchmark.plot(result, args.plot)
         print(f"chart written to {args.plot}")
@@ -55,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", help="comma-separated sections: recurrent,cell_step,sdpa (default: all)")
     b.add_argument("--budget", type=float, default=0.6, help="seconds of timing per row and backend set (default 0.6)")
     b.add_argument("--json", metavar="FILE", help="write the raw rows as JSON")
+    b.add_argument("--markdown", metavar="FILE.md", help="write the table as Markdown (as in the README)")
     b.add_argument("--plot", metavar="FILE.png", help="write a chart of the speedups (needs matplotlib)")
     b.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
     b.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
+    from .train_cli import add_commands; add_commands(sub)
     return p
 
 
