@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from .train_cli import add_commands as add_train_commands
+
 
 def _shape_list(text):
     """'100x1x128x128,50x32x256x256' -> [[100, 1, 128, 128], [50, 32, 256, 256]]"""
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
-    from .train_cli import add_commands; add_commands(sub)
+    add_train_commands(sub)  # train charlm|seq2seq, generate, translate
     return p
 
 
