@@ -449,7 +449,7 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
 
 // Up to this batch a cell step's products run in gemm_nt_small (W rows reused from L1 across
 // the batch, no BLAS threads to wake); above it the BLAS's packed GEMM wins.
-constexpr int64_t kSmallCellBatch = 64;
+constexpr int64_t kSmallCellBatch = 16;
 
 template <typename T>
 void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* h, const T* c,

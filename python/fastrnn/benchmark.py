@@ -1,7 +1,8 @@
 """`fastrnn bench`: fastrnn against the NumPy reference and PyTorch, in one process.
 
-Every backend runs the same problem alternately (A, B, C, A, B, C, ...) at the same thread
-count, and medians are reported, because shared machines are noisy. Rates are given in
+fastrnn and PyTorch run the same problem alternately (A, B, A, B, ...) at the same thread
+count, and medians are reported, because shared machines are noisy; the NumPy reference is
+timed after them (NumPy's BLAS threads keep spinning after a call and would slow the next one). Rates are given in
 GFLOP/s and as a fraction of the GEMM rate the bundled BLAS reaches on this machine in the
 same run (SGEMM 2048^3 for float32), the practical ceiling of these kernels.
 
@@ -75,6 +76,20 @@ def _alternate(fns: dict, min_runs: int, budget: float) -> tuple[dict, dict]:
             times[k].append(time.perf_counter() - t0)
         rounds += 1
     return {k: statistics.median(v) for k, v in times.items()}, {k: len(v) for k, v in times.items()}
+
+
+def _timed(fns: dict, min_runs: int, budget: float, time_fn=None) -> tuple[dict, dict]:
+    """fastrnn and PyTorch alternate; the NumPy reference is timed after them, on its own:
+    NumPy's OpenBLAS leaves its worker threads spinning for a while after each call, which
+    would steal a core from whichever backend runs next."""
+    time_fn = time_fn or _alternate
+    ref = {k: fns.pop(k) for k in list(fns) if k == "reference"}
+    med, runs = time_fn(fns, min_runs, budget)
+    if ref:
+        m2, r2 = time_fn(ref, min_runs, budget)
+        med.update(m2)
+        runs.update(r2)
+    return med, runs
 
 
 def gemm_rate(dtype: str, n: int = 2048, runs: int = 5) -> float:
@@ -254,19 +269,19 @@ def run(cells=None, shapes=None, threads=None, dtype="float32", modes=None, incl
             fns = _recurrent_fns(cell, shape, dtype, mode, use, torch)
             T, B, I, H = shape
             flops = 2.0 * T * B * (I + H) * GATES[cell] * H * (1 if mode == "forward" else 3)
-            med, runs = _alternate(fns, min_runs=3, budget=budget)
+            med, runs = _timed(fns, 3, budget)
         elif kind == "cell_step":
             fns = _cell_fns(cell, shape, dtype, use, torch)
             B, I, H = shape
             flops = 2.0 * B * (I + H) * GATES[cell] * H
-            med, runs = _time_cell(fns, budget / 2)
+            med, runs = _timed(fns, 5, budget / 2, time_fn=lambda f, m, b: _time_cell(f, b))
         else:
             fns = _sdpa_fns(shape, dtype, mode, use, torch)
             if "fastrnn" not in fns:
                 bar.update(1)
                 continue
             flops = _sdpa_flops(shape, mode)
-            med, runs = _alternate(fns, min_runs=3, budget=budget)
+            med, runs = _timed(fns, 3, budget)
         rows.append(Row(kind, cell, mode, list(shape), dtype, threads, med, runs, flops))
         bar.update(1)
     bar.close()
