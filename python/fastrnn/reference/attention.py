@@ -311,7 +311,7 @@ def multi_head_attention_backward(cache, dout, grads=None):
     """dout (out's shape) -> (dquery, dkey, dvalue, grads); grads ADDED INTO when given."""
     _check_cache(cache, "mha", "multi_head_attention_forward")
     dt = cache["dtype"]
-    E, h = cache["E"], cache["h"]
+    h = cache["h"]
     w_q, w_k, w_v, b_q, b_k, b_v, w_o, b_o = cache["weights"]
     x_q, x_k, x_v = cache["x_q"], cache["x_k"], cache["x_v"]
     dout = _as_grad_output("dout", dout, cache["out_shape"], dt)
