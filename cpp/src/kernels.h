@@ -52,6 +52,9 @@ struct IsaKernels {
   int nr;                                      // panel width: two SIMD vectors
   void (*panel)(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
                 int64_t ncols, bool accumulate);
+  // One panel of nr output columns: out (K, nr), out[k*nr + i] = W[i*ldw + k] for i < rows
+  // (rows <= nr), 0 for the padding rows
+  void (*pack_panel)(const T* W, int64_t ldw, int64_t rows, int64_t K, int64_t nr, T* out);
   // C (M, N) = A (M, K) @ W^T, W (N, K) row-major and unpacked: small products (cell steps)
   void (*gemm_nt_small)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W,
                         int64_t ldw, T* C, int64_t ldc);
