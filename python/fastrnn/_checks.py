@@ -151,13 +151,27 @@ def as_float_state(name: str, state, pair: bool, dtype=None):
     return as_float_array(name, state, dtype)
 
 
+_WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
+
+
+def _checked_weight(a, dtype, shape: tuple, name: str, k: int, j: int) -> np.ndarray:
+    """weights[k][j] as a `dtype` array of `shape`; the argument's name is only built on the
+    slow path (a sequence call checks 4 arrays per layer and direction every time)."""
+    if type(a) is np.ndarray and a.dtype == dtype and a.shape == shape:
+        return a
+    label = f"{name}[{k}][{j}] ({_WEIGHT_NAMES[j]})"
+    arr = as_float_array(label, a, dtype, ndim=len(shape))
+    check_shape(label, arr, shape)
+    return arr
+
+
 def check_recurrent_weights(weights, gates: int, num_layers: int, num_directions: int,
                             dtype=None, name: str = "weights"):
     """Validate L*D tuples (w_ih, w_hh, b_ih, b_hh) -> (list of tuples, I, H, has_bias).
 
     w_ih (G*H, I_l) with I_0 = I (taken from weights[0]: check x against it) and I_l = D*H
-    above; w_hh (G*H, H); biases (G*H,) or all None. Arrays are converted to `dtype` when given
-    (no copy otherwise).
+    above; w_hh (G*H, H); biases (G*H,) or all None. Arrays are converted to `dtype` (when None:
+    the first w_hh's float dtype); no copy when they already have it.
     """
     count = num_layers * num_directions
     if isinstance(weights, (str, bytes, np.ndarray)) or not hasattr(weights, "__len__"):
@@ -166,32 +180,27 @@ def check_recurrent_weights(weights, gates: int, num_layers: int, num_directions
     if len(weights) != count:
         raise ValueError(f"{name}: expected {count} entries (num_layers * num_directions), got {len(weights)}")
     out = []
-    hidden = has_bias = None
+    hidden = has_bias = input_size = None
     for k, entry in enumerate(weights):
         if not isinstance(entry, (tuple, list)) or len(entry) != 4:
             raise ValueError(f"{name}[{k}]: expected a tuple (w_ih, w_hh, b_ih, b_hh)")
-        w_ih = as_float_array(f"{name}[{k}][0] (w_ih)", entry[0], dtype, ndim=2)
-        w_hh = as_float_array(f"{name}[{k}][1] (w_hh)", entry[1], dtype, ndim=2)
         if hidden is None:
+            w_hh = as_float_array(f"{name}[{k}][1] (w_hh)", entry[1], dtype, ndim=2)
+            w_ih = as_float_array(f"{name}[{k}][0] (w_ih)", entry[0], dtype, ndim=2)
             hidden, input_size = w_hh.shape[1], w_ih.shape[1]
             has_bias = entry[2] is not None
+            dtype = w_hh.dtype if dtype is None else dtype
         layer = k // num_directions
         in_l = input_size if layer == 0 else num_directions * hidden
-        check_shape(f"{name}[{k}][0] (w_ih)", w_ih, (gates * hidden, in_l))
-        check_shape(f"{name}[{k}][1] (w_hh)", w_hh, (gates * hidden, hidden))
-        biases = []
+        GH = gates * hidden
+        arrays = [_checked_weight(entry[0], dtype, (GH, in_l), name, k, 0),
+                  _checked_weight(entry[1], dtype, (GH, hidden), name, k, 1)]
         for j in (2, 3):
-            bname = f"{name}[{k}][{j}] ({'b_ih' if j == 2 else 'b_hh'})"
             if (entry[j] is not None) != has_bias:
-                raise ValueError(f"{bname}: expected {'an array' if has_bias else 'None'} "
+                raise ValueError(f"{name}[{k}][{j}] ({_WEIGHT_NAMES[j]}): expected {'an array' if has_bias else 'None'} "
                                  f"(all biases must be given, or all None)")
-            if has_bias:
-                b = as_float_array(bname, entry[j], dtype, ndim=1)
-                check_shape(bname, b, (gates * hidden,))
-                biases.append(b)
-            else:
-                biases.append(None)
-        out.append((w_ih, w_hh, biases[0], biases[1]))
+            arrays.append(_checked_weight(entry[j], dtype, (GH,), name, k, j) if has_bias else None)
+        out.append(tuple(arrays))
     return out, input_size, hidden, has_bias
 
 
