@@ -12,6 +12,7 @@ kept from the first call is reused and so not counted again. Same thread count f
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -88,10 +89,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     shape = [int(v) for v in args.shape.split("x")]
     T, B, I, H = shape
-    try:
-        import torch  # noqa: F401
-        backends = ["fastrnn", "torch"]
-    except ImportError:
+    backends = ["fastrnn", "torch"]
+    if importlib.util.find_spec("torch") is None:
         print("PyTorch not installed: fastrnn only")
         backends = ["fastrnn"]
     y_mib = T * B * H * 4 / 2**20
