@@ -505,3 +505,25 @@ def test_forced_simd_level(level):
     assert proc.returncode == 0, f"FASTRNN_SIMD={level}:\n{proc.stdout}\n{proc.stderr}"
     lines = proc.stdout.split("\n")
     assert lines[0] == expected, f"FASTRNN_SIMD={level}: build_info()['simd'] = {lines[0]!r}, expected {expected!r}"
+
+
+def test_thread_limit_smaller_than_team_gives_same_result(tmp_path):
+    """Under OMP_THREAD_LIMIT=1 a 2-thread plan must fall back to one thread, not skip slices."""
+    code = (
+        "import numpy as np, fastrnn as fr\n"
+        "fr.set_num_threads(2)\n"
+        "m = fr.LSTM(64, 256, seed=0, dtype='float64')\n"
+        "x = np.random.default_rng(1).standard_normal((30, 4, 64))\n"
+        "y, _ = m(x)\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, y)\n"
+    )
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    m = fr.LSTM(64, 256, seed=0, dtype="float64")
+    x = np.random.default_rng(1).standard_normal((30, 4, 64))
+    want, _ = m(x)
+    got = np.load(tmp_path / "y.npy")
+    err = np.abs(got - want).max()
+    print(f"OMP_THREAD_LIMIT=1 vs default threads: max abs difference {err:.3e}")
+    assert err == 0.0

@@ -135,25 +135,27 @@ std::vector<std::vector<Slice>> plan_threads(int64_t D, int64_t NB, int nt) {
 }
 
 // Threads for a layer's time loop. Splitting a step's units between threads costs one
-// barrier per step (~0.1-0.2 us with StepBarrier); it pays from about 2^13 multiply-adds per
+// barrier per step (~0.2 us here by profile, with StepBarrier); it pays from about 2^13 multiply-adds per
 // step (measured at B=1, T=1000, 2 threads: RNN H=128 0.35 vs 0.49 ms, LSTM H=128 1.4 vs
 // 2.8 ms; RNN H=64, 2^12, is 1.8x slower split). Tiny loops run on one thread; never more
 // threads than slices.
 constexpr double kSplitMacs = double(1 << 13);
 int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64_t D, int64_t NB) {
   const double step_macs = double(B) * GH * H;
+  // inside another parallel region (nesting off) or under a thread limit a team would be
+  // smaller than the plan, which gives each thread its own slices
+  if (omp_in_parallel()) return 1;
+  threads = std::min(threads, omp_get_thread_limit());
   if (threads <= 1 || double(T) * step_macs * D < double(1 << 17)) return 1;
   if (step_macs < kSplitMacs) return static_cast<int>(std::min<int64_t>(threads, D));
   return static_cast<int>(std::min<int64_t>(threads, D * NB));
 }
 
-// body(tid, barrier) on nt threads, or on the calling thread alone (no region) when nt == 1.
-// The plan gives every thread of the team its own slices, so the team must have exactly nt
-// threads: inside another parallel region (nesting off) or under a thread limit it would
-// have fewer, and the loop then runs on the calling thread alone.
+// body(tid, barrier) on nt threads (nt from loop_threads), or on the calling thread alone (no
+// region) when nt == 1. The plan gives every thread its own slices, so a team smaller than nt
+// (which loop_threads rules out) is an error rather than a silently incomplete step.
 template <typename Body>
 void persistent(int nt, Body body) {
-  if (nt > 1 && (omp_in_parallel() || nt > omp_get_thread_limit())) nt = 1;
   StepBarrier barrier(nt);
   if (nt <= 1) { body(0, barrier); return; }
   std::atomic<bool> short_team{false};
