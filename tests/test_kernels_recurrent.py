@@ -184,6 +184,15 @@ def test_sizes(mode, size, with_lengths, dtype):
                batch_first=size[0] % 2 == 0)
 
 
+@pytest.mark.parametrize("batch", range(1, 12))
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_batch_row_blocks(mode, batch):
+    """Every split of a batch into the step product's row blocks (8, 4 and the k-split 3/2/1
+    remainders), forward and backward, with a hidden size that leaves a partial panel."""
+    check_case(mode, 4, batch, 5, 37, dtype="float64", num_layers=1, bidirectional=False, with_lengths=False,
+               batch_first=False)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", MODES)
 def test_no_bias(mode, dtype):

@@ -253,6 +253,17 @@ struct Vec {
   static constexpr int lanes = kVecBytes / sizeof(T);
 };
 
+// All lanes = s. (Written as V{} + s, GCC keeps the add of +0, which it may not drop because
+// of signed zeros: an FP add and a register broadcast per use instead of one broadcast load.)
+template <typename T, size_t... L>
+inline typename Vec<T>::type splat_impl(T s, std::index_sequence<L...>) {
+  return typename Vec<T>::type{((void)L, s)...};
+}
+template <typename T>
+inline typename Vec<T>::type splat(T s) {
+  return splat_impl<T>(s, std::make_index_sequence<Vec<T>::lanes>{});
+}
+
 template <typename T>
 inline typename Vec<T>::type load(const T* p) {
   typename Vec<T>::type v;
@@ -272,65 +283,63 @@ inline void store_row(T* c, const typename Vec<T>::type* acc, int64_t ncols, boo
     for (int64_t i = 0; i < ncols; ++i) c[i] = tmp[i];
 }
 
-template <typename T, int MR>
+// MR rows of A against the panel, k split over U accumulator sets that are summed at the end.
+// Every FMA of an accumulator waits for its previous one (4 cycles here, with two FMA pipes),
+// so at least 8 independent accumulators must be in flight: MR rows x 2 vectors x U. A block
+// of 8 rows needs U = 1; the few rows left over at small batch (M = 1..7) split k instead of
+// running one long dependency chain (at M = 3, K = 200 the old per-row chains ran at a third
+// of the rate).
+template <typename T, int MR, int U>
 inline void panel_rows(int64_t i0, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
                        int64_t ncols, bool accumulate) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::lanes;
-  V acc[MR][2];
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = V{};
+  V acc[U][MR][2];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < MR; ++r) acc[u][r][0] = acc[u][r][1] = V{};
   const T* a = A + i0 * lda;
-  for (int64_t k = 0; k < K; ++k) {
-    const V b0 = load(Bp + k * 2 * W), b1 = load(Bp + k * 2 * W + W);
-    for (int r = 0; r < MR; ++r) {
-      const V av = V{} + a[r * lda + k];
-      acc[r][0] += av * b0;
-      acc[r][1] += av * b1;
-    }
-  }
-  for (int r = 0; r < MR; ++r) store_row<T>(C + (i0 + r) * ldc, acc[r], ncols, accumulate);
-}
-
-// One row (M = 1, the matrix-vector product of batch-1 steps): with a single accumulator per
-// vector every FMA waits for the previous one (a K-long dependency chain), so k is split over
-// four accumulator pairs that are summed at the end.
-template <typename T>
-inline void panel_row1(int64_t i0, int64_t K, const T* A, const T* Bp, T* C, int64_t ldc, int64_t ncols,
-                       bool accumulate) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::lanes;
-  V acc[4][2];
-  for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = V{};
-  const T* a = A;
   int64_t k = 0;
-  for (; k + 4 <= K; k += 4)
-    for (int u = 0; u < 4; ++u) {
-      const V av = V{} + a[k + u];
-      acc[u][0] += av * load(Bp + (k + u) * 2 * W);
-      acc[u][1] += av * load(Bp + (k + u) * 2 * W + W);
+  for (; k + U <= K; k += U)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      V b0 = load(Bp + (k + u) * 2 * W), b1 = load(Bp + (k + u) * 2 * W + W);
+      if constexpr (MR > 1) asm("" : "+v"(b0), "+v"(b1));  // load once for all rows, not per FMA
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const V av = splat(a[r * lda + k + u]);
+        acc[u][r][0] += av * b0;
+        acc[u][r][1] += av * b1;
+      }
     }
   for (; k < K; ++k) {
-    const V av = V{} + a[k];
-    acc[0][0] += av * load(Bp + k * 2 * W);
-    acc[0][1] += av * load(Bp + k * 2 * W + W);
+    const V b0 = load(Bp + k * 2 * W), b1 = load(Bp + k * 2 * W + W);
+    for (int r = 0; r < MR; ++r) {
+      const V av = splat(a[r * lda + k]);
+      acc[0][r][0] += av * b0;
+      acc[0][r][1] += av * b1;
+    }
   }
-  V sum[2] = {(acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]), (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1])};
-  store_row<T>(C + i0 * ldc, sum, ncols, accumulate);
+  for (int u = 1; u < U; ++u)
+    for (int r = 0; r < MR; ++r) {
+      acc[0][r][0] += acc[u][r][0];
+      acc[0][r][1] += acc[u][r][1];
+    }
+  for (int r = 0; r < MR; ++r) store_row<T>(C + (i0 + r) * ldc, acc[0][r], ncols, accumulate);
 }
 
 template <typename T>
 void panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t ncols,
            bool accumulate) {
-  if (M == 1) {
-    panel_row1<T>(0, K, A, Bp, C, ldc, ncols, accumulate);
-    return;
-  }
   int64_t i = 0;
+  for (; i + kMR <= M; i += kMR) panel_rows<T, kMR, 1>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
   if constexpr (kMR == 8)
-    for (; i + 8 <= M; i += 8) panel_rows<T, 8>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
-  for (; i + 4 <= M; i += 4) panel_rows<T, 4>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
-  for (; i + 2 <= M; i += 2) panel_rows<T, 2>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
-  for (; i < M; ++i) panel_rows<T, 1>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
+    if (i + 4 <= M) { panel_rows<T, 4, 2>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); i += 4; }
+  switch (M - i) {
+    case 3: panel_rows<T, 3, 2>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
+    case 2: panel_rows<T, 2, 3>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
+    case 1: panel_rows<T, 1, 4>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
+    default: break;
+  }
 }
 
 // C (M, N) = A (M, K) @ W^T with W (N, K) row-major, unpacked: dot products over k for the
@@ -400,31 +409,50 @@ void gemm_nt_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::lanes;
   constexpr int bits = log2_int(W);
+  // vectors of a row of A held in registers per pass over the group (AVX2 has 16 registers)
+  constexpr int KV = kVecBytes == 32 ? 4 : 8;
   const int64_t K0 = K / W * W;
   int64_t n = 0;
   for (; n + W <= N; n += W) {
-    const T* w[W];  // accumulator r takes row n + bitrev(r)
-    for (int r = 0; r < W; ++r) w[r] = Wt + (n + bit_reverse(r, bits)) * ldw;
+    const T* wg = Wt + n * ldw;  // the group: rows n .. n + lanes of W
     for (int64_t m = 0; m < M; ++m) {
       const T* a = A + m * lda;
-      // row by row, so W streams through memory in order (16 interleaved row streams defeat
-      // the L1 prefetcher: ~20% slower); the rows' chains are independent for out-of-order
+      // W's rows in order, so it streams through memory (16 interleaved row streams defeat the
+      // L1 prefetcher); each row's dot product is its own pair of chains for out-of-order
+      // execution. The row of A sits in registers, so every FMA loads only W (with A loaded
+      // per FMA too the loads bound the loop: 61 vs 115 GB/s at M = 1, N = 1024, K = 128).
       V acc[W];
-      for (int r = 0; r < W; ++r) {
-        V s0 = V{}, s1 = V{};
-        int64_t k = 0;
-        for (; k + 2 * W <= K0; k += 2 * W) {
-          s0 += load(a + k) * load(w[r] + k);
-          s1 += load(a + k + W) * load(w[r] + k + W);
+#pragma GCC unroll 16
+      for (int r = 0; r < W; ++r) acc[r] = V{};
+      int64_t k0 = 0;
+      for (; k0 + KV * W <= K0; k0 += KV * W) {
+        V xr[KV];
+        for (int v = 0; v < KV; ++v) xr[v] = load(a + k0 + v * W);
+#pragma GCC unroll 16
+        for (int r = 0; r < W; ++r) {
+          const T* w = wg + r * ldw + k0;
+          V s0 = load(w) * xr[0], s1 = load(w + W) * xr[1];
+          for (int v = 2; v < KV; v += 2) {
+            s0 += load(w + v * W) * xr[v];
+            s1 += load(w + (v + 1) * W) * xr[v + 1];
+          }
+          acc[bit_reverse(r, bits)] += s0 + s1;  // the fold below puts row r in lane r
         }
-        if (k < K0) s0 += load(a + k) * load(w[r] + k);
-        acc[r] = s0 + s1;
+      }
+      if (k0 < K0) {
+#pragma GCC unroll 16
+        for (int r = 0; r < W; ++r) {
+          const T* w = wg + r * ldw;
+          V s = V{};
+          for (int64_t k = k0; k < K0; k += W) s += load(a + k) * load(w + k);
+          acc[bit_reverse(r, bits)] += s;
+        }
       }
       fold_tree<T, W / 2>(acc);
       T* c = C + m * ldc + n;
       __builtin_memcpy(c, &acc[0], sizeof(V));
       for (int64_t k = K0; k < K; ++k)
-        for (int r = 0; r < W; ++r) c[r] += a[k] * Wt[(n + r) * ldw + k];
+        for (int r = 0; r < W; ++r) c[r] += a[k] * wg[r * ldw + k];
     }
   }
   for (; n < N; ++n)
