@@ -67,7 +67,8 @@ struct LayerGrads {            // accumulated into; biases null when there are n
   T* w_ih; T* w_hh; T* b_ih; T* b_hh;
 };
 
-// 64-byte aligned, uninitialised buffer.
+// 64-byte aligned, uninitialised buffer. Large ones (>= 8 MiB: training caches, backward's
+// gate gradients) are 2 MiB aligned and offered to transparent huge pages (cpp/src/buffer.cpp).
 template <typename T>
 class Buffer {
  public:
