@@ -338,7 +338,8 @@ def test_layer_dropout_same_seed_same_masks(mode, dtype):
 # ------------------------------------------------------------------------------------ cells
 
 
-CELL_SIZES = [(1, 7, 13), (6, 7, 13), (16, 33, 47), (17, 33, 47), (40, 16, 32)]  # B, I, H
+CELL_SIZES = [(1, 7, 13), (6, 7, 13), (16, 33, 47), (17, 33, 47), (40, 16, 32),
+              (3, 100, 120)]  # B, I, H; the last has weights big enough for the 2-thread split
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -525,6 +526,9 @@ def test_thread_limit_smaller_than_team_gives_same_result(tmp_path):
         "x = np.random.default_rng(1).standard_normal((30, 4, 64))\n"
         "y, _ = m(x)\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, y)\n"
+        "cell = fr.LSTMCell(128, 128, seed=0, dtype='float64')\n"  # big enough for the 2-thread cell
+        "h, c = cell(x[0, :, :64].repeat(2, axis=1), (np.ones((4, 128)), np.ones((4, 128))))\n"
+        f"np.save({str(tmp_path / 'h.npy')!r}, h)\n"
     )
     env = dict(os.environ, OMP_THREAD_LIMIT="1")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -535,4 +539,9 @@ def test_thread_limit_smaller_than_team_gives_same_result(tmp_path):
     got = np.load(tmp_path / "y.npy")
     err = np.abs(got - want).max()
     print(f"OMP_THREAD_LIMIT=1 vs default threads: max abs difference {err:.3e}")
+    assert err == 0.0
+    cell = fr.LSTMCell(128, 128, seed=0, dtype="float64")
+    want_h, _ = cell(x[0, :, :64].repeat(2, axis=1), (np.ones((4, 128)), np.ones((4, 128))))
+    err = np.abs(np.load(tmp_path / "h.npy") - want_h).max()
+    print(f"cell step, OMP_THREAD_LIMIT=1 vs default threads: max abs difference {err:.3e}")
     assert err == 0.0
