@@ -36,16 +36,6 @@ int gate_count(Mode m) {
 }
 int cache_gate_count(Mode m) { return m == Mode::Gru ? 4 : gate_count(m); }
 
-// Large buffers (the training caches, backward's dG) are fresh memory on every call, and
-// faulting it in 4 KiB pages cost about a tenth of an LSTM forward+backward at T=100, B=64,
-// H=512 (page faults and zeroing, much of it on one thread). From kHugeBytes they are aligned
-// to 2 MiB and offered to transparent huge pages (MADV_HUGEPAGE works where THP is in
-// "madvise" mode, the common default): 512 times fewer faults. At most 2 MiB of address space
-// is added per buffer; pages are still only backed when touched.
-constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugeBytes = size_t(8) << 20;
-
-
 template <typename T>
 size_t RecurrentCache<T>::bytes() const {
   size_t n = 0;
