@@ -7,6 +7,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
+#include <stdexcept>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -59,11 +61,28 @@ T* checked_mutable(const py::array& a, const std::string& name, const std::vecto
   return const_cast<T*>(p);
 }
 
+// A new C-contiguous, uninitialised T array, made through NumPy's C API directly: pybind11's
+// array_t constructor builds shape and stride vectors on the heap, which shows in a cell step
+// of a few microseconds.
 template <typename T>
-py::array_t<T> new_array(const std::vector<int64_t>& shape) {
-  std::vector<py::ssize_t> s(shape.begin(), shape.end());
-  return py::array_t<T>(s);
+py::array_t<T> new_array(const int64_t* shape, size_t nd) {
+  constexpr size_t kMaxDims = 8;
+  if (nd > kMaxDims) throw std::invalid_argument("new_array: too many dimensions");
+  Py_intptr_t dims[kMaxDims];
+  for (size_t i = 0; i < nd; ++i) dims[i] = static_cast<Py_intptr_t>(shape[i]);
+  const auto& api = py::detail::npy_api::get();
+  PyObject* descr = py::dtype::of<T>().release().ptr();  // NewFromDescr steals this reference
+  PyObject* o = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, static_cast<int>(nd), dims, nullptr, nullptr, 0,
+                                          nullptr);
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::array_t<T>>(o);
 }
+
+template <typename T>
+py::array_t<T> new_array(std::initializer_list<int64_t> shape) { return new_array<T>(shape.begin(), shape.size()); }
+
+template <typename T>
+py::array_t<T> new_array(const std::vector<int64_t>& shape) { return new_array<T>(shape.data(), shape.size()); }
 
 inline int64_t product(const std::vector<int64_t>& s) {
   int64_t n = 1;

@@ -447,51 +447,90 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
 constexpr int64_t kSmallCellBatch = 16;
 
 // At small batch a step is bound by reading W from L2 (LSTM I=H=128: 512 KiB). From
-// kSplitCellBytes of weights the x and h products run on two threads, one each: measured at
-// B=1, I=H=128 (C++ call, medians): GRU 4.5 -> 3.7 us, LSTM 6.0 -> 4.5 us; the RNN cell
-// (128 KiB) was slower split, 2.2 -> 2.5 us.
+// kSplitCellBytes of weights the step runs on two threads, each owning half of the hidden
+// units: its rows of w_ih and w_hh (which stay in its core's L2 across calls), its gate
+// columns and its part of the pointwise pass, so no gate values cross between cores. Measured
+// at B=1, I=H=128 (C++ call, medians): splitting by matrix instead (one thread x w_ih^T, the
+// other h w_hh^T, the gates then read back across cores) took GRU 4.2 -> 3.4 us and LSTM
+// 5.6 -> 4.2 us; the RNN cell (128 KiB) was slower split (an OpenMP fork and join costs about
+// 0.5 us on this class of machine).
 constexpr int64_t kSplitCellBytes = int64_t(256) << 10;
+// A thread's slice of hidden units starts on a multiple of this (whole vectors of gates).
+constexpr int64_t kCellSliceAlign = 16;
+// Scratch up to this many elements lives on the stack of the thread that uses it: one step at
+// B = 1 needs a few KiB, and a heap allocation per call is measurable at that size. (Gate
+// scratch on the calling thread's stack but written by the other thread made the split step
+// slower than one thread from Python, LSTM 4.4 -> 6.4 us: those lines are hot in the caller's
+// core between calls.)
+constexpr int64_t kCellStackScratch = 4096;
 
 template <typename T>
 void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* h, const T* c,
                const LayerWeights<T>& w, T* h_out, T* c_out) {
-  const int64_t GH = gate_count(mode) * H;
+  const int G = gate_count(mode);
+  const int64_t GH = G * H;
   const bool lstm = mode == Mode::Lstm;
-  Buffer<T> scratch(static_cast<size_t>(2 * B * GH + std::max(GH, B * H)));
-  T* gx = scratch.data();
-  T* gh = gx + B * GH;
-  T* zeros = gh + B * GH;
-  std::memset(zeros, 0, sizeof(T) * std::max(GH, B * H));
-  // gx = x w_ih^T, gh = h w_hh^T: our unpacked kernel for small batches, the BLAS above
-  const auto& kern = isa_kernels<T>();
+  // zeros stand in for a missing bias, h or c
+  const bool need_zeros = !w.b_ih || !h || (lstm && !c);
+  const int64_t nz = need_zeros ? std::max(GH, B * H) : 0;
+  alignas(64) T zeros_stack[kCellStackScratch];
+  Buffer<T> zeros_heap(nz > kCellStackScratch ? static_cast<size_t>(nz) : 0);
+  T* zeros = nz > kCellStackScratch ? zeros_heap.data() : zeros_stack;
+  if (need_zeros) std::memset(zeros, 0, sizeof(T) * nz);
+  // Up to kSmallCellBatch the products run in our unpacked kernel, one gate block of rows at a
+  // time; above it in the BLAS's packed GEMM (whole matrices, before the pointwise pass).
   const bool small = B <= kSmallCellBatch;
-  // The two products on two threads when W is big enough to pay for the fork (each thread
-  // then keeps its own matrix in its own L2 across calls).
-  const bool split = small && h && (I + H) * GH * int64_t(sizeof(T)) >= kSplitCellBytes && num_threads() >= 2 &&
-                     !omp_in_parallel();
+  // gx (B, GH) | gh (B, GH): on the heap (shared by the threads) when too big for a stack or
+  // written by the BLAS before the pointwise pass
+  const int64_t n_gates = 2 * B * GH;
+  const bool gates_on_heap = !small || n_gates > kCellStackScratch;
+  Buffer<T> gates_heap(gates_on_heap ? static_cast<size_t>(n_gates) : 0);
+  const auto& kern = isa_kernels<T>();
+  if (!small) {
+    T *gx = gates_heap.data(), *gh = gx + B * GH;
+    gemm<T>(false, true, B, GH, I, T(1), x, I, w.w_ih, I, T(0), gx, GH);
+    if (!h) std::memset(gh, 0, sizeof(T) * B * GH);
+    else gemm<T>(false, true, B, GH, H, T(1), h, H, w.w_hh, H, T(0), gh, GH);
+  }
+  // Hidden units [u0, u1): their gate columns of gx and gh, then their part of the step.
+  auto units = [&](int64_t u0, int64_t u1) {
+    const int64_t n = u1 - u0;
+    if (n <= 0) return;
+    alignas(64) T gates_stack[kCellStackScratch];
+    T* gx = gates_on_heap ? gates_heap.data() : gates_stack;
+    T* gh = gx + B * GH;
+    if (small)
+      for (int g = 0; g < G; ++g) {
+        const int64_t r0 = g * H + u0;  // first row of this gate block in w_ih / w_hh
+        kern.gemm_nt_small(B, n, I, x, I, w.w_ih + r0 * I, I, gx + r0, GH);
+        if (h) kern.gemm_nt_small(B, n, H, h, H, w.w_hh + r0 * H, H, gh + r0, GH);
+        else for (int64_t b = 0; b < B; ++b) std::memset(gh + b * GH + r0, 0, sizeof(T) * n);
+      }
+    StepArgs<T> sa{};
+    sa.rows = B; sa.n = n; sa.H = H;
+    sa.gx = gx + u0; sa.ldgx = GH; sa.gh = gh + u0; sa.ldgh = GH;
+    sa.b_ih = (w.b_ih ? w.b_ih : zeros) + u0;
+    sa.b_hh = (w.b_hh ? w.b_hh : zeros) + u0;
+    sa.h_prev = (h ? h : zeros) + u0; sa.h_out = h_out + u0;
+    if (lstm) { sa.c_prev = (c ? c : zeros) + u0; sa.c_out = c_out + u0; }
+    sa.y = h_out + u0; sa.ldy = H;  // y is h itself (written twice, same values)
+    kern.forward[static_cast<int>(mode)](sa);
+  };
+  const int64_t half = (H / 2 + kCellSliceAlign / 2) / kCellSliceAlign * kCellSliceAlign;
+  const bool split = small && h && (I + H) * GH * int64_t(sizeof(T)) >= kSplitCellBytes && half > 0 && half < H &&
+                     num_threads() >= 2 && !omp_in_parallel();
   if (split) {
 #pragma omp parallel num_threads(2)
     {
-      const int tid = omp_get_thread_num();
-      if (tid == 0) kern.gemm_nt_small(B, GH, I, x, I, w.w_ih, I, gx, GH);
-      if (tid == 1 || omp_get_num_threads() == 1) kern.gemm_nt_small(B, GH, H, h, H, w.w_hh, H, gh, GH);
+      // A team cut to one thread (OMP_THREAD_LIMIT, nesting) does both halves.
+      const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+      if (nt == 1) units(0, H);
+      else if (tid == 0) units(0, half);
+      else units(half, H);
     }
   } else {
-    if (small) kern.gemm_nt_small(B, GH, I, x, I, w.w_ih, I, gx, GH);
-    else gemm<T>(false, true, B, GH, I, T(1), x, I, w.w_ih, I, T(0), gx, GH);
-    if (!h) std::memset(gh, 0, sizeof(T) * B * GH);
-    else if (small) kern.gemm_nt_small(B, GH, H, h, H, w.w_hh, H, gh, GH);
-    else gemm<T>(false, true, B, GH, H, T(1), h, H, w.w_hh, H, T(0), gh, GH);
+    units(0, H);
   }
-  StepArgs<T> sa{};
-  sa.rows = B; sa.n = H; sa.H = H;
-  sa.gx = gx; sa.ldgx = GH; sa.gh = gh; sa.ldgh = GH;
-  sa.b_ih = w.b_ih ? w.b_ih : zeros;
-  sa.b_hh = w.b_hh ? w.b_hh : zeros;
-  sa.h_prev = h ? h : zeros; sa.h_out = h_out;
-  if (lstm) { sa.c_prev = c ? c : zeros; sa.c_out = c_out; }
-  sa.y = h_out; sa.ldy = H;  // y is h itself (written twice, same values)
-  kern.forward[static_cast<int>(mode)](sa);
 }
 
 template void cell_step<float>(Mode, int64_t, int64_t, int64_t, const float*, const float*, const float*,
