@@ -487,7 +487,7 @@ SIMD_SCRIPT = textwrap.dedent(r"""
                              (THREADED, False), (THREADED, True)):
                 err = check_case(mode, *size, dtype=dtype, num_layers=2, bidirectional=bi, with_lengths=True)
                 worst[dtype] = max(worst.get(dtype, 0.0), err)
-            for size in ((3, 33, 47), (17, 33, 47)):
+            for size in ((3, 33, 47), (17, 33, 47), (1, 40, 300)):
                 test_cells(mode, size, True, dtype)
     print(worst)
 """)
