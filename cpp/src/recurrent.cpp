@@ -450,10 +450,11 @@ constexpr int64_t kSmallCellBatch = 16;
 // kSplitCellBytes of weights the step runs on two threads, each owning half of the hidden
 // units: its rows of w_ih and w_hh (which stay in its core's L2 across calls), its gate
 // columns and its part of the pointwise pass, so no gate values cross between cores. Measured
-// at B=1, I=H=128 (C++ call, medians): splitting by matrix instead (one thread x w_ih^T, the
-// other h w_hh^T, the gates then read back across cores) took GRU 4.2 -> 3.4 us and LSTM
-// 5.6 -> 4.2 us; the RNN cell (128 KiB) was slower split (an OpenMP fork and join costs about
-// 0.5 us on this class of machine).
+// at B=1, I=H=128 through _core.cell_step (best of repeated runs), one thread -> split by
+// matrix (one thread x w_ih^T, the other h w_hh^T, the gates read back across cores) -> split
+// by hidden units: GRU 4.2 -> 3.4 -> 3.3 us, LSTM 5.6 -> 4.2 -> 3.9 us (the bare C++ step:
+// LSTM 3.0 us). The RNN cell (128 KiB) stays on one thread: an OpenMP fork and join costs
+// about 0.5 us on this class of machine.
 constexpr int64_t kSplitCellBytes = int64_t(256) << 10;
 // A thread's slice of hidden units starts on a multiple of this (whole vectors of gates).
 constexpr int64_t kCellSliceAlign = 16;
@@ -463,6 +464,7 @@ constexpr int64_t kCellSliceAlign = 16;
 // slower than one thread from Python, LSTM 4.4 -> 6.4 us: those lines are hot in the caller's
 // core between calls.)
 constexpr int64_t kCellStackScratch = 4096;
+constexpr int64_t kCellStackZeros = 2048;
 
 template <typename T>
 void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* h, const T* c,
@@ -473,9 +475,9 @@ void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* 
   // zeros stand in for a missing bias, h or c
   const bool need_zeros = !w.b_ih || !h || (lstm && !c);
   const int64_t nz = need_zeros ? std::max(GH, B * H) : 0;
-  alignas(64) T zeros_stack[kCellStackScratch];
-  Buffer<T> zeros_heap(nz > kCellStackScratch ? static_cast<size_t>(nz) : 0);
-  T* zeros = nz > kCellStackScratch ? zeros_heap.data() : zeros_stack;
+  alignas(64) T zeros_stack[kCellStackZeros];
+  Buffer<T> zeros_heap(nz > kCellStackZeros ? static_cast<size_t>(nz) : 0);
+  T* zeros = nz > kCellStackZeros ? zeros_heap.data() : zeros_stack;
   if (need_zeros) std::memset(zeros, 0, sizeof(T) * nz);
   // Up to kSmallCellBatch the products run in our unpacked kernel, one gate block of rows at a
   // time; above it in the BLAS's packed GEMM (whole matrices, before the pointwise pass).
