@@ -29,6 +29,26 @@ PYBIND11_MODULE(_core, m) {
     d["compiler"] = __VERSION__;
     return d;
   });
+  // The cache of released large kernel buffers (cpp/src/buffer.cpp).
+  m.def("buffer_cache_stats", [] {
+    const fastrnn::BufferCacheStats st = fastrnn::buffer_cache_stats();
+    py::dict d;
+    d["cached_bytes"] = st.cached_bytes;
+    d["in_use_bytes"] = st.live_bytes;
+    d["peak_bytes"] = st.peak_bytes;
+    d["reused"] = st.reused;
+    d["allocated"] = st.allocated;
+    d["enabled"] = st.enabled;
+    return d;
+  });
+  m.def("buffer_cache_release", [] {
+    py::gil_scoped_release nogil;
+    return fastrnn::buffer_cache_release();
+  });
+  m.def("buffer_cache_enable", [](bool on) {
+    py::gil_scoped_release nogil;
+    fastrnn::buffer_cache_enable(on);
+  }, py::arg("on"));
   // C = A @ B with the bundled BLAS (float32/float64, C-contiguous 2-d): `fastrnn bench` uses it
   // to measure this machine's GEMM rate, the ceiling the recurrent kernels are compared with.
   m.def("blas_matmul", [](py::array a, py::array b) -> py::array {

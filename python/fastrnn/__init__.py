@@ -30,6 +30,7 @@ finally:
             _os.environ[_k] = _v
 
 from . import functional, init, losses, models, optim, reference  # noqa: E402
+from ._memory import empty_cache, memory_stats, set_buffer_cache  # noqa: E402
 from ._threads import build_info, get_num_threads, set_num_threads  # noqa: E402
 from .clip import clip_grad_norm, clip_grad_value  # noqa: E402
 from .layers import recurrent as _recurrent_layers  # noqa: E402
@@ -38,6 +39,7 @@ from .layers.basic import Dropout, Embedding, Linear  # noqa: E402
 __all__ = [
     "__version__", "functional", "reference", "optim", "losses", "init", "models",
     "build_info", "get_num_threads", "set_num_threads", "clip_grad_norm", "clip_grad_value",
+    "empty_cache", "memory_stats", "set_buffer_cache",
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Embedding", "Linear", "Dropout",
 ]
 

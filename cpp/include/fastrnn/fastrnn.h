@@ -68,7 +68,8 @@ struct LayerGrads {            // accumulated into; biases null when there are n
 };
 
 // 64-byte aligned, uninitialised buffer. Large ones (>= 8 MiB: training caches, backward's
-// gate gradients) are 2 MiB aligned and offered to transparent huge pages (cpp/src/buffer.cpp).
+// gate gradients) are 2 MiB aligned, offered to transparent huge pages, and kept for reuse
+// by later calls when released (cpp/src/buffer.cpp).
 template <typename T>
 class Buffer {
  public:
@@ -78,10 +79,26 @@ class Buffer {
   const T* data() const { return ptr_.get(); }
   size_t size() const { return n_; }
  private:
-  struct Free { void operator()(T* p) const; };
+  struct Free {
+    size_t bytes = 0;  // capacity of the block (large blocks go back to the cache)
+    void operator()(T* p) const;
+  };
   std::unique_ptr<T, Free> ptr_;
   size_t n_ = 0;
 };
+
+// The cache of released large buffers (cpp/src/buffer.cpp).
+struct BufferCacheStats {
+  size_t cached_bytes;   // held for reuse, not in use
+  size_t live_bytes;     // large buffers in use
+  size_t peak_bytes;     // most large-buffer bytes in use at once; the cache stays within it
+  size_t reused;         // large-buffer requests served from the cache
+  size_t allocated;      // large-buffer requests that allocated fresh memory
+  bool enabled;
+};
+BufferCacheStats buffer_cache_stats();
+size_t buffer_cache_release();      // frees every cached block; returns the bytes freed
+void buffer_cache_enable(bool on);  // off: release now and free large buffers when released
 
 // Everything forward keeps for backward, owned here (inputs and weights are not copied: the
 // caller keeps them alive and passes them again to backward).
