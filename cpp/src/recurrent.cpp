@@ -89,16 +89,19 @@ void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, T* out) {
 
 // Backward packing: panel jb = units jb*nr .. +nr of dG @ w_hh, K = G*H:
 //   Wt[(jb*GH + n)*nr + i] = w_hh[n][jb*nr + i]   (0 past H)
+// Each row of a panel is a contiguous piece of a w_hh row, so this is a row copy (an element
+// loop with the padding test ran at 8 GB/s: 32 us of a 45 us LSTM backward at T=1, B=1,
+// H=128).
 template <typename T>
 void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, T* out) {
   const int64_t NB = (H + nr - 1) / nr;
   for (int64_t jb = 0; jb < NB; ++jb) {
     T* p = out + jb * GH * nr;
-    for (int64_t n = 0; n < GH; ++n)
-      for (int64_t i = 0; i < nr; ++i) {
-        const int64_t j = jb * nr + i;
-        p[n * nr + i] = j < H ? w_hh[n * H + j] : T(0);
-      }
+    const int64_t cols = std::min(nr, H - jb * nr);
+    for (int64_t n = 0; n < GH; ++n) {
+      std::memcpy(p + n * nr, w_hh + n * H + jb * nr, cols * sizeof(T));
+      for (int64_t i = cols; i < nr; ++i) p[n * nr + i] = T(0);
+    }
   }
 }
 
