@@ -77,12 +77,15 @@ struct Zeros {  // a shared zero vector standing in for absent biases / states
 
 // Forward packing: panel (g, jb) = output columns g*H + jb*nr .. +nr of h @ w_hh^T, K = H:
 //   Wp[((g*NB + jb)*H + k)*nr + i] = w_hh[g*H + jb*nr + i][k]   (0 past H)
+// Both packings take a range of unit blocks [jb0, jb1): each thread of the time loop packs
+// the panels it owns, at the start of the loop, so the work is split and the packed slice
+// is written straight into the cache of the core that reads it every step.
 template <typename T>
-void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, T* out) {
+void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, int64_t jb0, int64_t jb1, T* out) {
   const int64_t NB = (H + nr - 1) / nr;
   const auto& kern = isa_kernels<T>();
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t jb = 0; jb < NB; ++jb)
+    for (int64_t jb = jb0; jb < jb1; ++jb)
       kern.pack_panel(w_hh + (g * H + jb * nr) * H, H, std::min(nr, H - jb * nr), H, nr,
                       out + (g * NB + jb) * H * nr);
 }
@@ -93,9 +96,8 @@ void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, T* out) {
 // loop with the padding test ran at 8 GB/s: 32 us of a 45 us LSTM backward at T=1, B=1,
 // H=128).
 template <typename T>
-void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, T* out) {
-  const int64_t NB = (H + nr - 1) / nr;
-  for (int64_t jb = 0; jb < NB; ++jb) {
+void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, int64_t jb0, int64_t jb1, T* out) {
+  for (int64_t jb = jb0; jb < jb1; ++jb) {
     T* p = out + jb * GH * nr;
     const int64_t cols = std::min(nr, H - jb * nr);
     for (int64_t n = 0; n < GH; ++n) {
@@ -227,7 +229,6 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
     const auto plan = plan_threads(D, NB, nt);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
-      pack_forward(a.weights[k].w_hh, G, H, nr, packed[d].data());
       T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
       const int64_t first = train ? (d == 0 ? 0 : T_) : 0;
       std::memcpy(hbuf + first * BH, a.h0 ? a.h0 + k * BH : zeros.get(), BH * sizeof(T));
@@ -249,6 +250,9 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
       }
       // 2. the recurrence over the chunk: one persistent region, one barrier per step
       persistent(nt, [&](int tid, StepBarrier& barrier) {
+        if (s0 == 0)
+          for (const Slice& sl : plan[tid])
+            pack_forward(a.weights[l * D + sl.d].w_hh, G, H, nr, sl.jb0, sl.jb1, packed[sl.d].data());
         for (int64_t step = s0; step < s1; ++step) {
           for (const Slice& sl : plan[tid]) {
             if (sl.jb0 == sl.jb1) continue;
@@ -349,11 +353,12 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     const auto plan = plan_threads(D, NB, nt);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
-      pack_backward(a.weights[k].w_hh, GH, H, nr, packed[d].data());
       std::memcpy(carry_h[d].data(), a.dhn ? a.dhn + k * BH : zeros.get(), BH * sizeof(T));
       if (lstm) std::memcpy(carry_c[d].data(), a.dcn ? a.dcn + k * BH : zeros.get(), BH * sizeof(T));
     }
     persistent(nt, [&](int tid, StepBarrier& barrier) {
+      for (const Slice& sl : plan[tid])
+        pack_backward(a.weights[l * D + sl.d].w_hh, GH, H, nr, sl.jb0, sl.jb1, packed[sl.d].data());
       for (int64_t step = T_ - 1; step >= 0; --step) {
         const int cur = static_cast<int>((T_ - 1 - step) & 1);
         for (const Slice& sl : plan[tid]) {
