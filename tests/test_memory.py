@@ -49,7 +49,7 @@ def test_training_peak_memory_not_above_pytorch(torch):
 
 
 # ----------------------------------------------------------------------- large-buffer cache
-# Kernel buffers of 8 MiB and more are kept for reuse after a call (cpp/src/buffer.cpp). Each
+# Kernel buffers of 1 MiB and more are kept for reuse after a call (cpp/src/buffer.cpp). Each
 # check runs in a fresh interpreter: the cache is process-wide, and buffers held by other
 # tests would change its counts.
 
@@ -105,7 +105,7 @@ _SMALL, _BIG = [32, 32, 64, 256], [32, 32, 64, 384]
 def test_buffer_cache_reuses_blocks_without_stale_data_and_stays_within_peak():
     # the same shape twice with different data (the second runs on the first's blocks), then
     # a larger shape (no cached block fits: blocks are evicted so the cache stays within the
-    # peak), then the smaller one (it reuses the 12 MiB blocks: no fresh memory) and the
+    # peak), then the smaller one (it reuses cached blocks up to twice its size) and the
     # larger one again
     steps = [[_SMALL, 1], [_SMALL, 2], [_BIG, 3], [_SMALL, 4], [_BIG, 5]]
     out = _run_cache_script(steps)
@@ -126,10 +126,9 @@ def test_buffer_cache_reuses_blocks_without_stale_data_and_stays_within_peak():
     assert second["reused"] >= first["allocated"]
     assert second["cached_bytes"] == first["cached_bytes"] and second["peak_bytes"] == first["peak_bytes"]
     big, small_again, big_again = (s["stats"] for s in out["steps"][2:])
-    # a smaller request reuses a larger cached block, and the larger shape then finds its
-    # blocks again: both run on cached memory only
-    assert small_again["allocated"] == big["allocated"] and big_again["allocated"] == big["allocated"]
-    assert big_again["peak_bytes"] == big["peak_bytes"]
+    # switching shapes reuses what fits and never raises the footprint past the peak
+    assert small_again["reused"] > big["reused"] and big_again["reused"] > small_again["reused"]
+    assert small_again["peak_bytes"] == big["peak_bytes"] == big_again["peak_bytes"]
     assert out["released"] == out["steps"][-1]["stats"]["cached_bytes"]
     assert out["after_release"]["cached_bytes"] == 0
 

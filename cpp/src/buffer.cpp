@@ -8,7 +8,7 @@
 // Measured there, 2 threads: 283 -> 240 ms; 1 thread: 485 -> 420 ms. At most 2 MiB of address
 // space is added per buffer, and pages are still backed only when touched.
 //
-// Released large buffers are kept for the next call (BlockCache below). On a virtual machine
+// Released buffers from kCacheBytes up are kept for the next call (BlockCache below). On a virtual machine
 // that reports freed memory to its host (virtio-balloon free page reporting, as here), memory
 // given back to the kernel is handed back to the host a moment later, and the next call
 // faults it in again from the host, which costs far more than a guest page fault. Measured at
@@ -34,12 +34,25 @@ namespace fastrnn {
 namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kHugeBytes = size_t(8) << 20;
+// From here up, buffers go through the cache. Below kHugeBytes they are whole 4 KiB pages:
+// the inference input-projection scratch (a few MiB) was faulted in afresh on every call,
+// inside the BLAS's zeroing of it (LSTM T=41 B=17 I=65 H=333 forward: 6.5% of the time in
+// sgemm_beta).
+constexpr size_t kCacheBytes = size_t(1) << 20;
+constexpr size_t kPage = 4096;
+
+// Capacity of the block for a request of `bytes` (>= kCacheBytes).
+size_t block_bytes(size_t bytes) {
+  const size_t unit = bytes >= kHugeBytes ? kHugePage : kPage;
+  return (bytes + unit - 1) / unit * unit;
+}
 
 void* allocate_large(size_t bytes) {
-  void* p = std::aligned_alloc(kHugePage, bytes);
+  const bool huge = bytes >= kHugeBytes;
+  void* p = std::aligned_alloc(huge ? kHugePage : kPage, bytes);
   if (!p) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
-  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: on failure, 4 KiB pages
+  if (huge) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: on failure, 4 KiB pages
 #endif
   return p;
 }
@@ -57,7 +70,7 @@ class BlockCache {
     return *cache;
   }
 
-  // A block of at least `bytes` (a multiple of kHugePage); its capacity is returned in *cap.
+  // A block of at least `bytes` (from block_bytes); its capacity is returned in *cap.
   void* take(size_t bytes, size_t* cap) {
     std::vector<std::pair<size_t, void*>> evicted;
     {
@@ -156,8 +169,8 @@ template <typename T>
 Buffer<T>::Buffer(size_t n) : n_(n) {
   if (n == 0) return;
   if (n > (SIZE_MAX - kHugePage) / sizeof(T)) throw std::bad_alloc();
-  if (n * sizeof(T) >= kHugeBytes) {
-    const size_t bytes = (n * sizeof(T) + kHugePage - 1) / kHugePage * kHugePage;
+  if (n * sizeof(T) >= kCacheBytes) {
+    const size_t bytes = block_bytes(n * sizeof(T));
     size_t cap = 0;
     void* p = BlockCache::get().take(bytes, &cap);
     ptr_ = std::unique_ptr<T, Free>(static_cast<T*>(p), Free{cap});

@@ -67,9 +67,9 @@ struct LayerGrads {            // accumulated into; biases null when there are n
   T* w_ih; T* w_hh; T* b_ih; T* b_hh;
 };
 
-// 64-byte aligned, uninitialised buffer. Large ones (>= 8 MiB: training caches, backward's
-// gate gradients) are 2 MiB aligned, offered to transparent huge pages, and kept for reuse
-// by later calls when released (cpp/src/buffer.cpp).
+// 64-byte aligned, uninitialised buffer. From 1 MiB up, released buffers are kept for reuse
+// by later calls; from 8 MiB (training caches, backward's gate gradients) they are also 2 MiB
+// aligned and offered to transparent huge pages (cpp/src/buffer.cpp).
 template <typename T>
 class Buffer {
  public:
