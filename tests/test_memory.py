@@ -151,3 +151,11 @@ def test_buffer_cache_api_checks_its_argument():
     assert set(st) == {"cached_bytes", "in_use_bytes", "peak_bytes", "reused", "allocated", "enabled"}
     assert isinstance(fr.empty_cache(), int)
     assert fr.memory_stats()["cached_bytes"] == 0
+    was = st["enabled"]
+    try:
+        fr.set_buffer_cache(False)
+        assert fr.memory_stats()["enabled"] is False
+        fr.set_buffer_cache(True)
+        assert fr.memory_stats()["enabled"] is True
+    finally:
+        fr.set_buffer_cache(was)

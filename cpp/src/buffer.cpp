@@ -8,10 +8,11 @@
 // Measured there, 2 threads: 283 -> 240 ms; 1 thread: 485 -> 420 ms. At most 2 MiB of address
 // space is added per buffer, and pages are still backed only when touched.
 //
-// Released buffers from kCacheBytes up are kept for the next call (BlockCache below). On a virtual machine
-// that reports freed memory to its host (virtio-balloon free page reporting, as here), memory
-// given back to the kernel is handed back to the host a moment later, and the next call
-// faults it in again from the host, which costs far more than a guest page fault. Measured at
+// Released buffers from kCacheBytes up are kept for the next call (BlockCache below). On a
+// virtual machine that reports freed memory to its host (virtio-balloon free page reporting,
+// as here), memory given back to the kernel is handed back to the host a moment later, and
+// the next call faults it in again from the host, which costs far more than a guest page
+// fault. Measured at
 // LSTM T=50 B=128 I=H=1024, forward+backward, 2 threads, alternating with PyTorch as a
 // comparison does: without the cache, half of the calls took 1.2-1.3 s instead of 0.8 s
 // (forward 270 -> 400-520 ms, backward 555 -> 850 ms) with the same number of page faults in
@@ -57,11 +58,12 @@ void* allocate_large(size_t bytes) {
   return p;
 }
 
-// Released large blocks, reused by later requests of the same or a somewhat smaller size. The cache never
-// makes the process hold more than the most large-buffer memory it has had in use at once:
-// before a request that no cached block fits is allocated, cached blocks are freed until
-// in-use + cached + request fits within that peak. So the first call of a new shape peaks
-// exactly as without the cache, and repeated calls of one shape reuse their blocks.
+// Released large blocks, reused by later requests of the same or a somewhat smaller size.
+// The cache never makes the process hold more than the most large-buffer memory it has had
+// in use at once: before a request that no cached block fits is allocated, cached blocks are
+// freed until in-use + cached + request fits within that peak. So the first call of a new
+// shape peaks exactly as without the cache, and repeated calls of one shape reuse their
+// blocks. If the allocation still fails, the whole cache is freed and it is tried once more.
 // FASTRNN_BUFFER_CACHE=0 in the environment turns it off; fastrnn.empty_cache() empties it.
 class BlockCache {
  public:
@@ -99,7 +101,13 @@ class BlockCache {
     }
     for (auto& e : evicted) std::free(e.second);
     try {
-      void* p = allocate_large(bytes);
+      void* p;
+      try {
+        p = allocate_large(bytes);
+      } catch (const std::bad_alloc&) {
+        release();  // memory held for reuse must not make a request fail
+        p = allocate_large(bytes);
+      }
       *cap = bytes;
       return p;
     } catch (...) {
