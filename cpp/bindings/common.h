@@ -8,8 +8,8 @@
 
 #include <cstdint>
 #include <initializer_list>
-#include <stdexcept>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 

@@ -126,8 +126,8 @@ std::vector<std::vector<Slice>> plan_threads(int64_t D, int64_t NB, int nt) {
 }
 
 // Threads for a layer's time loop. Splitting a step's units between threads costs one
-// barrier per step (~0.2 us here by profile, with StepBarrier); it pays from about 2^13 multiply-adds per
-// step (measured at B=1, T=1000, 2 threads: RNN H=128 0.35 vs 0.49 ms, LSTM H=128 1.4 vs
+// barrier per step (~0.2 us here by profile, with StepBarrier); it pays from about 2^13
+// multiply-adds per step (measured at B=1, T=1000, 2 threads: RNN H=128 0.35 vs 0.49 ms, LSTM H=128 1.4 vs
 // 2.8 ms; RNN H=64, 2^12, is 1.8x slower split). Tiny loops run on one thread; never more
 // threads than slices.
 constexpr double kSplitMacs = double(1 << 13);
