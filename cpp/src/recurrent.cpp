@@ -127,9 +127,9 @@ std::vector<std::vector<Slice>> plan_threads(int64_t D, int64_t NB, int nt) {
 
 // Threads for a layer's time loop. Splitting a step's units between threads costs one
 // barrier per step (~0.2 us here by profile, with StepBarrier); it pays from about 2^13
-// multiply-adds per step (measured at B=1, T=1000, 2 threads: RNN H=128 0.35 vs 0.49 ms, LSTM H=128 1.4 vs
-// 2.8 ms; RNN H=64, 2^12, is 1.8x slower split). Tiny loops run on one thread; never more
-// threads than slices.
+// multiply-adds per step (measured at B=1, T=1000, 2 threads: RNN H=128 0.35 vs 0.49 ms,
+// LSTM H=128 1.4 vs 2.8 ms; RNN H=64, 2^12, is 1.8x slower split). Tiny loops run on one
+// thread; never more threads than slices.
 constexpr double kSplitMacs = double(1 << 13);
 int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64_t D, int64_t NB) {
   const double step_macs = double(B) * GH * H;
