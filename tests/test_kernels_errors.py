@@ -382,6 +382,36 @@ def test_functional_cell_errors(mode):
     F.cell_backward(cache, st)
 
 
+def test_functional_cell_arguments():
+    """fr.functional.cell is a C builtin: keywords, defaults, array-likes and argument errors
+    behave as for the reference's Python function."""
+    w_ih, w_hh, b_ih, b_hh = weights_of("lstm", num_layers=1, bidirectional=False)[0]
+    x, (h, c) = rand(B, I), state_of("lstm", (B, H))
+    want = RF.cell("lstm", x, (h, c), w_ih, w_hh, b_ih, b_hh)
+    for got in (F.cell("lstm", x, (h, c), w_ih, w_hh, b_ih, b_hh),
+                F.cell(mode="lstm", x=x, state=[h, c], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh),
+                F.cell("lstm", x.tolist(), (h.tolist(), c), w_ih.tolist(), w_hh, b_ih=b_ih, b_hh=b_hh)):
+        for a, b in zip(got, want):
+            assert_close(a, b, 1e-12, 1e-12)
+    no_bias = F.cell("lstm", x, (h, c), w_ih, w_hh)
+    for a, b in zip(no_bias, RF.cell("lstm", x, (h, c), w_ih, w_hh)):
+        assert_close(a, b, 1e-12, 1e-12)
+    # float16 runs in float32, float32 stays float32
+    assert F.cell("lstm", x.astype(np.float16), None, w_ih, w_hh)[0].dtype == np.float32
+    assert F.cell("lstm", x.astype(np.float32), None, w_ih, w_hh)[0].dtype == np.float32
+    raises(TypeError, "'w_hh'", F.cell, "lstm", x, None, w_ih)
+    raises(TypeError, "'bias'", F.cell, "lstm", x, None, w_ih, w_hh, bias=b_ih)
+    raises(TypeError, "'x'", F.cell, "lstm", x, None, w_ih, w_hh, x=x)
+    raises(TypeError, "at most 7", F.cell, "lstm", x, None, w_ih, w_hh, b_ih, b_hh, None)
+    raises(TypeError, "state", F.cell, "lstm", x, h, w_ih, w_hh, b_ih, b_hh)
+    raises(TypeError, "state", F.cell, "lstm", x, (h, c, c), w_ih, w_hh, b_ih, b_hh)
+    raises(TypeError, "state", F.cell, "gru", x, (h, c), *weights_of("gru", num_layers=1, bidirectional=False)[0])
+    raises(TypeError, "state[0]", F.cell, "lstm", x, (h.astype(int), c), w_ih, w_hh, b_ih, b_hh)
+    raises(TypeError, "state[1]", F.cell, "lstm", x, (h, [[1, "a"]]), w_ih, w_hh, b_ih, b_hh)
+    raises(TypeError, "w_ih", F.cell, "lstm", x, None, object(), w_hh)
+    raises(ValueError, "mode", F.cell, 2, x, None, w_ih, w_hh)
+
+
 @pytest.mark.parametrize("fn", ["cell", "cell_forward"])
 def test_functional_cell_checks_mode_first(fn):
     """An unknown mode is reported as such whatever the state looks like (as the reference does)."""

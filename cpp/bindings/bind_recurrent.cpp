@@ -203,20 +203,36 @@ py::tuple backward_impl(const fastrnn::RecurrentCache<T>& cache, const Recurrent
   return py::make_tuple(dx, dh0, dc0);
 }
 
+// An array-like argument of a cell call as a floating-point ndarray (lists and scalars are
+// converted; integer, bool, complex and object data are a TypeError, as in the reference).
+py::array cell_float_array(py::handle h, const char* name) {
+  // (no default-constructed py::array here: pybind11 allocates an empty float64 array for it)
+  auto as_float = [name](py::array a) {
+    if (a.dtype().kind() != 'f')
+      throw py::type_error(std::string(name) + ": expected a floating-point array, got dtype " +
+                           std::string(py::str(a.dtype())));
+    return a;
+  };
+  if (py::isinstance<py::array>(h)) return as_float(py::reinterpret_borrow<py::array>(h));
+  const auto& api = py::detail::npy_api::get();
+  PyObject* o = api.PyArray_FromAny_(h.ptr(), nullptr, 0, 0, 0, nullptr);
+  if (!o) {
+    PyErr_Clear();
+    throw py::type_error(std::string(name) + ": expected a float array, got " + Py_TYPE(h.ptr())->tp_name);
+  }
+  return as_float(py::reinterpret_steal<py::array>(o));
+}
+
 // An array argument of a cell call as T, C-contiguous: converted (copied) only when it is a
-// float array of the other precision or not contiguous; non-float input is a TypeError. The
-// common case (already T, contiguous, right shape) allocates nothing: a cell step is a few
-// microseconds, so the checks stay on integers and build their messages only on failure.
+// float array of the other precision or not contiguous. The common case (already T,
+// contiguous, right shape) allocates nothing: a cell step is a few microseconds, so the checks
+// stay on integers and build their messages only on failure.
 template <typename T>
 py::array cell_operand(py::handle h, const char* name, std::initializer_list<int64_t> shape) {
-  py::array a = as_array(h, name);
-  const int num = a.dtype().num();
+  py::array a = cell_float_array(h, name);
   constexpr int want = py::detail::npy_format_descriptor<T>::value;
-  if (num != want || !(a.flags() & py::array::c_style)) {
-    if (a.dtype().kind() != 'f')
-      throw py::type_error(std::string(name) + ": expected a floating-point array, got dtype " + std::string(py::str(a.dtype())));
+  if (a.dtype().num() != want || !(a.flags() & py::array::c_style))
     a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
-  }
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   py::ssize_t i = 0;
   for (int64_t s : shape) ok = ok && a.shape(i++) == s;
@@ -225,11 +241,11 @@ py::array cell_operand(py::handle h, const char* name, std::initializer_list<int
 }
 
 template <typename T>
-py::object cell_impl(Mode mode, const py::array& x, const py::object& h, const py::object& c, const py::object& w_ih,
-                     const py::object& w_hh, const py::object& b_ih, const py::object& b_hh) {
+py::object cell_impl(Mode mode, const py::array& x, py::handle h, py::handle c, py::handle w_ih, py::handle w_hh,
+                     py::handle b_ih, py::handle b_hh) {
   if (x.ndim() != 2) throw py::value_error("x: expected a 2-d array (B, I), got " + shape_str(shape_of(x)));
   const int64_t B = x.shape(0), I = x.shape(1);
-  py::array whh = as_array(w_hh, "w_hh");
+  py::array whh = cell_float_array(w_hh, "w_hh");
   if (whh.ndim() != 2) throw py::value_error("w_hh: expected a 2-d array (G*H, H), got " + shape_str(shape_of(whh)));
   const int64_t H = whh.shape(1), GH = fastrnn::gate_count(mode) * H;
   if (H < 1) throw py::value_error("w_hh: expected hidden size >= 1");
@@ -240,22 +256,27 @@ py::object cell_impl(Mode mode, const py::array& x, const py::object& h, const p
   py::array wih = cell_operand<T>(w_ih, "w_ih", {GH, I});
   whh = cell_operand<T>(whh, "w_hh", {GH, H});
   if (b_ih.is_none() != b_hh.is_none()) throw py::value_error("b_ih: expected b_ih and b_hh both arrays or both None");
-  py::array bih, bhh, ha, ca;
+  // The optional operands are held as py::object: a default-constructed py::array allocates.
+  py::object bih, bhh, ha, ca, c_out;
   fastrnn::LayerWeights<T> w{static_cast<const T*>(wih.data()), static_cast<const T*>(whh.data()), nullptr, nullptr};
+  auto keep = [](py::object& holder, py::array a) {
+    holder = a;
+    return static_cast<const T*>(a.data());
+  };
   if (!b_ih.is_none()) {
-    bih = cell_operand<T>(b_ih, "b_ih", {GH});
-    bhh = cell_operand<T>(b_hh, "b_hh", {GH});
-    w.b_ih = static_cast<const T*>(bih.data());
-    w.b_hh = static_cast<const T*>(bhh.data());
+    w.b_ih = keep(bih, cell_operand<T>(b_ih, "b_ih", {GH}));
+    w.b_hh = keep(bhh, cell_operand<T>(b_hh, "b_hh", {GH}));
   }
-  const T *hp = nullptr, *cp = nullptr;
-  if (!h.is_none()) { ha = cell_operand<T>(h, lstm ? "state[0]" : "state", {B, H}); hp = static_cast<const T*>(ha.data()); }
-  if (!c.is_none()) { ca = cell_operand<T>(c, "state[1]", {B, H}); cp = static_cast<const T*>(ca.data()); }
+  const T* hp = h.is_none() ? nullptr : keep(ha, cell_operand<T>(h, lstm ? "state[0]" : "state", {B, H}));
+  const T* cp = c.is_none() ? nullptr : keep(ca, cell_operand<T>(c, "state[1]", {B, H}));
   auto h_out = new_array<T>({B, H});
-  py::array_t<T> c_out;
-  if (lstm) c_out = new_array<T>({B, H});
   T* hop = h_out.mutable_data();
-  T* cop = lstm ? c_out.mutable_data() : nullptr;
+  T* cop = nullptr;
+  if (lstm) {
+    auto co = new_array<T>({B, H});
+    cop = co.mutable_data();
+    c_out = std::move(co);
+  }
   const T* xp = static_cast<const T*>(xa.data());
   {
     py::gil_scoped_release nogil;
@@ -265,21 +286,112 @@ py::object cell_impl(Mode mode, const py::array& x, const py::object& h, const p
   return h_out;
 }
 
+// fastrnn.functional.cell: the hot call of hand-written loops. A plain CPython builtin
+// (METH_FASTCALL) rather than a pybind11 function: pybind11's dispatcher (argument vectors,
+// overload resolution) and a Python wrapper cost about as much as the step itself at
+// B = 1, H = 128. Arguments: mode, x, state, w_ih, w_hh, b_ih=None, b_hh=None.
+constexpr const char* kCellArgs[] = {"mode", "x", "state", "w_ih", "w_hh", "b_ih", "b_hh"};
+constexpr Py_ssize_t kCellNargs = 7, kCellRequired = 5;
+
+Mode cell_mode(PyObject* o) {
+  static constexpr const char* names[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};  // in Mode order
+  if (PyUnicode_Check(o))
+    for (int m = 0; m < 4; ++m)
+      if (PyUnicode_CompareWithASCIIString(o, names[m]) == 0) return static_cast<Mode>(m);
+  throw py::value_error("mode: expected one of 'rnn_tanh', 'rnn_relu', 'lstm', 'gru', got " +
+                        std::string(py::repr(o)));
+}
+
+// x as float32 or float64: float64 stays, other float types run in float32 (float16) or
+// float64 (long double), as in the layers.
+py::array cell_x(PyObject* o) {
+  py::array x = cell_float_array(o, "x");
+  const int num = x.dtype().num();
+  if (num == py::detail::npy_format_descriptor<float>::value || num == py::detail::npy_format_descriptor<double>::value)
+    return x;
+  if (x.itemsize() >= 8) return py::array_t<double, py::array::forcecast>::ensure(x);
+  return py::array_t<float, py::array::forcecast>::ensure(x);
+}
+
+py::object cell_call(PyObject* const* a) {
+  const Mode mode = cell_mode(a[0]);
+  py::array x = cell_x(a[1]);
+  PyObject* state = a[2];
+  py::handle h = Py_None, c = Py_None;
+  if (mode == Mode::Lstm) {
+    if (state != Py_None) {
+      if (!(PyTuple_Check(state) || PyList_Check(state)) || PySequence_Fast_GET_SIZE(state) != 2)
+        throw py::type_error(std::string("state: expected a tuple (h, c), got ") + Py_TYPE(state)->tp_name);
+      // borrowed: cell_impl takes its own references before the GIL is released
+      h = PySequence_Fast_GET_ITEM(state, 0);
+      c = PySequence_Fast_GET_ITEM(state, 1);
+    }
+  } else if (PyTuple_Check(state) || PyList_Check(state)) {
+    throw py::type_error(std::string("state: expected one array h, got a ") + Py_TYPE(state)->tp_name +
+                         " (an LSTM state?)");
+  } else {
+    h = state;
+  }
+  if (x.dtype().num() == py::detail::npy_format_descriptor<float>::value)
+    return cell_impl<float>(mode, x, h, c, a[3], a[4], a[5], a[6]);
+  return cell_impl<double>(mode, x, h, c, a[3], a[4], a[5], a[6]);
+}
+
+PyObject* cell_fastcall(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  PyObject* a[kCellNargs] = {nullptr, nullptr, nullptr, nullptr, nullptr, Py_None, Py_None};
+  const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  if (nargs > kCellNargs) {
+    PyErr_Format(PyExc_TypeError, "cell() takes at most %zd arguments (%zd given)", kCellNargs, nargs + nkw);
+    return nullptr;
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i) a[i] = args[i];
+  for (Py_ssize_t k = 0; k < nkw; ++k) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+    Py_ssize_t i = 0;
+    while (i < kCellNargs && PyUnicode_CompareWithASCIIString(key, kCellArgs[i]) != 0) ++i;
+    if (i == kCellNargs) {
+      PyErr_Format(PyExc_TypeError, "cell() got an unexpected keyword argument '%U'", key);
+      return nullptr;
+    }
+    if (i < nargs) {
+      PyErr_Format(PyExc_TypeError, "cell() got multiple values for argument '%s'", kCellArgs[i]);
+      return nullptr;
+    }
+    a[i] = args[nargs + k];
+  }
+  for (Py_ssize_t i = 0; i < kCellRequired; ++i)
+    if (!a[i]) {
+      PyErr_Format(PyExc_TypeError, "cell() missing required argument '%s'", kCellArgs[i]);
+      return nullptr;
+    }
+  try {
+    return cell_call(a).release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyMethodDef cell_method_def = {
+    "cell", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&cell_fastcall)), METH_FASTCALL | METH_KEYWORDS,
+    "cell(mode, x, state, w_ih, w_hh, b_ih=None, b_hh=None)\n--\n\n"
+    "One inference step of a cell: h_next, or (h_next, c_next) for mode 'lstm'.\n\n"
+    "x (B, I); state None (zeros), h (B, H), or (h, c) for 'lstm'; w_ih (G*H, I), w_hh (G*H, H),\n"
+    "b_ih and b_hh (G*H,) or both None. Work is done in x's precision (float64, else float32);\n"
+    "other operands are converted to it when needed."};
+
 }  // namespace
 
 void bind_recurrent(py::module_& m) {
-  m.def(
-      "cell_step",
-      [](int mode, py::array x, py::object h, py::object c, py::object w_ih, py::object w_hh, py::object b_ih,
-         py::object b_hh) -> py::object {
-        const Mode md = to_mode(mode);
-        if (c.is_none() == false && md != Mode::Lstm) throw py::value_error("state: only an LSTM cell has (h, c)");
-        if (is_f32(x)) return cell_impl<float>(md, x, h, c, w_ih, w_hh, b_ih, b_hh);
-        if (is_f64(x)) return cell_impl<double>(md, x, h, c, w_ih, w_hh, b_ih, b_hh);
-        throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
-      },
-      py::arg("mode"), py::arg("x"), py::arg("h"), py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
-      py::arg("b_hh"), "One inference step of a cell: h_next, or (h_next, c_next) for LSTM.");
+  PyObject* cell = PyCFunction_NewEx(&cell_method_def, nullptr, m.attr("__name__").ptr());
+  if (!cell) throw py::error_already_set();
+  m.add_object("cell", py::reinterpret_steal<py::object>(cell));
 
   py::class_<RecurrentCacheHandle>(m, "RecurrentCache", "Opaque training cache of a recurrent forward pass.")
       .def_property_readonly("mode", [](const RecurrentCacheHandle& c) { return static_cast<int>(c.shape.mode); })

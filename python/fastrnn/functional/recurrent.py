@@ -162,36 +162,11 @@ def cell_forward(mode, x, state, w_ih, w_hh, b_ih=None, b_hh=None):
     return state_n[0], cache
 
 
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def cell(mode, x, state, w_ih, w_hh, b_ih=None, b_hh=None):
-    """One step, inference: returns h_next, or (h_next, c_next) for LSTM.
-
-    The fast path for hand-written loops: one call into C++, which checks and (only when
-    needed) converts every operand to x's precision.
-    """
-    if type(x) is not np.ndarray or x.dtype not in _KERNEL_DTYPES:
-        x = as_float_array("x", x, _kernel_dtype(x))
-    code = MODES.get(mode)
-    if code is None:
-        check_mode(mode)
-    if code == 2:  # lstm: state is (h, c), either may be None
-        if state is None:
-            h = c = None
-        elif isinstance(state, (tuple, list)) and len(state) == 2:
-            h, c = state
-        else:
-            raise TypeError(f"state: expected a tuple (h, c), got {type(state).__name__}")
-    else:
-        if isinstance(state, (tuple, list)):
-            raise TypeError(f"state: expected one array h, got a {type(state).__name__} (an LSTM state?)")
-        h, c = state, None
-    if h is not None and not isinstance(h, np.ndarray):
-        h = as_float_array("state[0]" if code == 2 else "state", h, x.dtype)
-    if c is not None and not isinstance(c, np.ndarray):
-        c = as_float_array("state[1]", c, x.dtype)
-    return _core.cell_step(code, x, h, c, w_ih, w_hh, b_ih, b_hh)
+# One inference step, the hot call of hand-written loops: a C builtin that checks and (only
+# when needed) converts every operand to x's precision, with the state given as None, h, or
+# (h, c) for LSTM. Signature: cell(mode, x, state, w_ih, w_hh, b_ih=None, b_hh=None) ->
+# h_next, or (h_next, c_next) for LSTM.
+cell = _core.cell
 
 
 def cell_backward(cache, dstate_next=None, grads=None):

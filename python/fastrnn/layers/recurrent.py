@@ -199,7 +199,9 @@ class _Cell(_Parametrized):
         The hot path of hand-written loops: x is converted to the cell's dtype here; the
         functional backend validates the state and converts it to x's dtype.
         """
-        if type(x) is not np.ndarray or x.dtype != self.dtype:
+        # (dtypes of native float arrays are singletons: `is` is the cheap test, and a miss only
+        # takes the converting path, which returns x itself when it already fits)
+        if type(x) is not np.ndarray or x.dtype is not self.dtype:
             x = as_float_array("x", x, self.dtype)
         p = self.params
         return self._F.cell(self.mode, x, state, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
