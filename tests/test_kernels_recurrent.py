@@ -338,8 +338,9 @@ def test_layer_dropout_same_seed_same_masks(mode, dtype):
 # ------------------------------------------------------------------------------------ cells
 
 
-# B, I, H. From (3, 100, 120) on the weights are big enough for the 2-thread split by hidden
-# units (LSTM and GRU there; every mode at H=300), with halves of unequal size.
+# B, I, H. From 32 KiB of weights a step at B <= 16 is split by hidden units between the
+# caller and a helper thread (LSTM and GRU from (16, 33, 47), every mode from (3, 100, 120)),
+# with halves of unequal size.
 CELL_SIZES = [(1, 7, 13), (6, 7, 13), (16, 33, 47), (17, 33, 47), (40, 16, 32),
               (3, 100, 120), (1, 128, 128), (1, 40, 300), (2, 20, 600)]  # the last: zeros on the heap
 
@@ -388,6 +389,69 @@ def test_cells(mode, size, bias, dtype):
         out.update(flat("dstate (zero state)", d))
         results.append(out)
     compare(results[0], results[1], RTOL[dtype], f"{mode} cell {size} bias={bias} {dtype}:", dtype=dtype)
+
+
+def _cell_calls(cell, xs, states):
+    return [cell(x, s) for x, s in zip(xs, states)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cells_from_many_threads(mode):
+    """Python threads calling split cell steps at once (the helper thread serves one call at a
+    time; the others run both halves themselves) get exactly the results of serial calls."""
+    rng = np.random.default_rng(5)
+    cells = [make_cell_pair(mode, 100, 128, dtype="float32", seed=s)[0] for s in range(4)]
+    lstm = mode == "lstm"
+    work = []
+    for cell in cells:
+        xs = [rng.standard_normal((1, 100)).astype(np.float32) for _ in range(300)]
+        hs = [rng.standard_normal((1, 128)).astype(np.float32) for _ in range(300)]
+        work.append((cell, xs, [(h, h * 0.5) for h in hs] if lstm else hs))
+    serial = [_cell_calls(*w) for w in work]
+    got = [None] * len(work)
+
+    def run(i):
+        got[i] = _cell_calls(*work[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(work))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (a, b) in enumerate(zip(serial, got)):
+        for k, (ra, rb) in enumerate(zip(a, b)):
+            for j, (u, v) in enumerate(zip(_outputs(ra), _outputs(rb))):
+                assert np.array_equal(u, v), (f"{mode} thread {i} call {k} output {j}: worst difference "
+                                              f"{np.max(np.abs(u - v)):.3g}")
+
+
+def _outputs(r):
+    return r if isinstance(r, tuple) else (r,)
+
+
+CELL_FORK_SCRIPT = r"""
+import os, sys
+import numpy as np
+import fastrnn as fr
+cell = fr.LSTMCell(128, 128, seed=1)
+x = np.random.default_rng(0).standard_normal((1, 128)).astype(np.float32)
+want = cell(x)  # the parent's helper thread is running from here on
+for _ in range(100):
+    cell(x)
+pid = os.fork()
+if pid == 0:
+    got = [cell(x) for _ in range(100)]
+    os._exit(0 if all(np.array_equal(g[0], want[0]) and np.array_equal(g[1], want[1]) for g in got) else 3)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_cell_after_fork():
+    """A forked child (no helper thread of its own) runs split cell steps correctly."""
+    proc = subprocess.run([sys.executable, "-c", CELL_FORK_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "child exit 0", proc.stdout + proc.stderr
 
 
 # ------------------------------------------------------------------------ threads and SIMD

@@ -24,6 +24,7 @@
 #include "barrier.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "pair.h"
 
 namespace fastrnn {
 
@@ -458,12 +459,14 @@ constexpr int64_t kSmallCellBatch = 16;
 // kSplitCellBytes of weights the step runs on two threads, each owning half of the hidden
 // units: its rows of w_ih and w_hh (which stay in its core's L2 across calls), its gate
 // columns and its part of the pointwise pass, so no gate values cross between cores. Measured
-// at B=1, I=H=128 through _core.cell_step (best of repeated runs), one thread -> split by
-// matrix (one thread x w_ih^T, the other h w_hh^T, the gates read back across cores) -> split
-// by hidden units: GRU 4.2 -> 3.4 -> 3.3 us, LSTM 5.6 -> 4.2 -> 3.9 us (the bare C++ step:
-// LSTM 3.0 us). The RNN cell (128 KiB) stays on one thread: an OpenMP fork and join costs
-// about 0.5 us on this class of machine.
-constexpr int64_t kSplitCellBytes = int64_t(256) << 10;
+// at B=1, I=H=128 through the binding (best of repeated runs), one thread -> split by matrix
+// (one thread x w_ih^T, the other h w_hh^T, the gates read back across cores) -> split by
+// hidden units: GRU 4.2 -> 3.4 -> 3.3 us, LSTM 5.6 -> 4.2 -> 3.9 us. The second thread is
+// run_pair's helper rather than an OpenMP team, whose fork and join cost 0.5 us here: in a
+// C++ loop (medians, alternating builds) GRU 2.4-3.0 -> 2.0-2.3 us, LSTM 3.1-3.8 -> 2.7-3.2 us.
+// With that cheaper handoff the split pays from 32 KiB: RNN H=128 1.1-1.25 -> 0.9-1.05 us,
+// GRU H=64 1.5 -> 1.2 us, LSTM H=64 2.0 -> 1.55 us (RNN H=48, 18 KiB, is slower split).
+constexpr int64_t kSplitCellBytes = int64_t(32) << 10;
 // A thread's slice of hidden units starts on a multiple of this (whole vectors of gates).
 constexpr int64_t kCellSliceAlign = 16;
 // Scratch up to this many elements lives on the stack of the thread that uses it: one step at
@@ -530,14 +533,8 @@ void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* 
   const bool split = small && h && (I + H) * GH * int64_t(sizeof(T)) >= kSplitCellBytes && half > 0 && half < H &&
                      num_threads() >= 2 && !omp_in_parallel();
   if (split) {
-#pragma omp parallel num_threads(2)
-    {
-      // A team cut to one thread (OMP_THREAD_LIMIT, nesting) does both halves.
-      const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-      if (nt == 1) units(0, H);
-      else if (tid == 0) units(0, half);
-      else units(half, H);
-    }
+    auto part = [&](int i) { i == 0 ? units(0, half) : units(half, H); };
+    run_pair(part);
   } else {
     units(0, H);
   }

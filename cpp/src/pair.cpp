@@ -1,0 +1,122 @@
+// The helper thread of run_pair (pair.h).
+//
+// Protocol (one job at a time, `busy_` serialises callers):
+//   caller: part_, ctx_ <- job; done_ <- 0; claim_ <- 0 (release); ++posted_; wake if asleep;
+//           part(0); then CAS claim_ 0 -> 2 (caller takes part 1) or wait for done_.
+//   helper: on a new posted_ value (or any spin), CAS claim_ 0 -> 1 (acquire: sees part_, ctx_);
+//           part(1); done_ <- 1 (release).
+// claim_ stays non-zero between jobs, so a helper that wakes late cannot claim a finished job,
+// and a successful claim always reads the current job. The helper spins for kSpin after its
+// last job (a hand-written loop calls again within microseconds), then sleeps on a condition
+// variable.
+#include "pair.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "barrier.h"  // FASTRNN_PAUSE
+
+namespace fastrnn {
+
+namespace {
+
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+class PairHelper {
+ public:
+  void run(void (*part)(void*, int), void* ctx) {
+    if (busy_.exchange(true, std::memory_order_acquire)) {  // another caller has the helper
+      part(ctx, 0);
+      part(ctx, 1);
+      return;
+    }
+    start_once();
+    part_ = part;
+    ctx_ = ctx;
+    done_.store(0, std::memory_order_relaxed);
+    claim_.store(0, std::memory_order_release);
+    // seq_cst pairs with the helper's store of sleeping_ and its reload of posted_: one of the
+    // two threads sees the other's write, so a wake-up is never lost
+    posted_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_seq_cst)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      cv_.notify_one();
+    }
+    part(ctx, 0);
+    int expected = 0;
+    if (claim_.compare_exchange_strong(expected, 2, std::memory_order_acq_rel)) {
+      part(ctx, 1);
+    } else {
+      for (uint32_t spins = 0; done_.load(std::memory_order_acquire) == 0; ++spins)
+        if (spins < 4096) FASTRNN_PAUSE();
+        else sched_yield();
+    }
+    busy_.store(false, std::memory_order_release);
+  }
+
+ private:
+  void start_once() {
+    std::call_once(started_, [this] { std::thread([this] { loop(); }).detach(); });
+  }
+
+  void loop() {
+    uint64_t seen = posted_.load(std::memory_order_acquire);
+    for (;;) {
+      auto until = std::chrono::steady_clock::now() + kSpin;
+      uint32_t spins = 0;
+      while (posted_.load(std::memory_order_acquire) == seen) {
+        FASTRNN_PAUSE();
+        if (++spins % 64 == 0 && std::chrono::steady_clock::now() > until) {
+          std::unique_lock<std::mutex> lock(mutex_);
+          sleeping_.store(true, std::memory_order_seq_cst);
+          cv_.wait(lock, [&] { return posted_.load(std::memory_order_seq_cst) != seen; });
+          sleeping_.store(false, std::memory_order_relaxed);
+          break;
+        }
+      }
+      seen = posted_.load(std::memory_order_acquire);
+      int expected = 0;
+      if (claim_.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+        part_(ctx_, 1);
+        done_.store(1, std::memory_order_release);
+      }
+    }
+  }
+
+  std::once_flag started_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  void (*part_)(void*, int) = nullptr;
+  void* ctx_ = nullptr;
+  alignas(64) std::atomic<bool> busy_{false};
+  alignas(64) std::atomic<uint64_t> posted_{0};
+  std::atomic<int> claim_{1};
+  std::atomic<int> done_{0};
+  std::atomic<bool> sleeping_{false};
+};
+
+// Never destroyed: the detached thread outlives main. A forked child has no helper thread
+// and may have inherited a held lock, so it starts over with a fresh one.
+std::atomic<PairHelper*> g_helper{nullptr};
+
+PairHelper& helper() {
+  static const bool once = [] {
+    g_helper.store(new PairHelper, std::memory_order_release);
+    pthread_atfork(nullptr, nullptr, [] { g_helper.store(new PairHelper, std::memory_order_relaxed); });
+    return true;
+  }();
+  (void)once;
+  return *g_helper.load(std::memory_order_acquire);
+}
+
+}  // namespace
+
+void run_pair(void (*part)(void*, int), void* ctx) { helper().run(part, ctx); }
+
+}  // namespace fastrnn
