@@ -341,8 +341,10 @@ def test_layer_dropout_same_seed_same_masks(mode, dtype):
 # B, I, H. From 32 KiB of weights a step at B <= 16 is split by hidden units between the
 # caller and a helper thread (LSTM and GRU from (16, 33, 47), every mode from (3, 100, 120)),
 # with halves of unequal size.
+# At B=1 the products of K = 64, 128 and 256 take specialised code: (1, 128, 128), (1, 64, 256).
 CELL_SIZES = [(1, 7, 13), (6, 7, 13), (16, 33, 47), (17, 33, 47), (40, 16, 32),
-              (3, 100, 120), (1, 128, 128), (1, 40, 300), (2, 20, 600)]  # the last: zeros on the heap
+              (3, 100, 120), (1, 128, 128), (1, 64, 256), (1, 40, 300),
+              (2, 20, 600)]  # the last: zeros on the heap
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -551,7 +553,7 @@ SIMD_SCRIPT = textwrap.dedent(r"""
                              (THREADED, False), (THREADED, True)):
                 err = check_case(mode, *size, dtype=dtype, num_layers=2, bidirectional=bi, with_lengths=True)
                 worst[dtype] = max(worst.get(dtype, 0.0), err)
-            for size in ((3, 33, 47), (17, 33, 47), (1, 40, 300)):
+            for size in ((3, 33, 47), (17, 33, 47), (1, 40, 300), (1, 64, 256)):
                 test_cells(mode, size, True, dtype)
     print(worst)
 """)
