@@ -393,6 +393,37 @@ def test_cells(mode, size, bias, dtype):
     compare(results[0], results[1], RTOL[dtype], f"{mode} cell {size} bias={bias} {dtype}:", dtype=dtype)
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cell_call_in_c_matches_shared_call(mode, bias):
+    """The kernel-bound cells' __call__ is the shared Python __call__ rewritten in C: same
+    results for every way of passing x and the state, replaced parameter arrays are used,
+    and the same errors."""
+    from fastrnn.layers import recurrent as shared
+    cell = make_cell_pair(mode, 20, 33, bias=bias, dtype="float32", seed=3)[0]
+    python_call = getattr(shared, type(cell).__name__).__call__
+    assert type(cell).__call__ is not python_call
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 20))  # float64 into a float32 cell: converted
+    h = rng.standard_normal((2, 33)).astype(np.float32)
+    state = (h, h * 2) if mode == "lstm" else h
+    calls = [((x,), {}), ((x, state), {}), ((x.tolist(), state), {}), ((), dict(x=x, state=state)),
+             ((x[:, ::1].astype(np.float32),), dict(state=None))]
+    for args, kw in calls:
+        for a, b in zip(_outputs(cell(*args, **kw)), _outputs(python_call(cell, *args, **kw))):
+            assert a.dtype == np.float32 and np.array_equal(a, b), (args, kw)
+    cell.params["weight_hh"] = cell.params["weight_hh"] * 0.5  # a new array in the table
+    for a, b in zip(_outputs(cell(x, state)), _outputs(python_call(cell, x, state))):
+        assert np.array_equal(a, b)
+    for bad in ((x.astype(int), state), (x[0], state)):
+        with pytest.raises((TypeError, ValueError), match="^x: "):
+            cell(*bad)
+    with pytest.raises(TypeError, match="at most 3 arguments"):  # self, x, state
+        cell(x, state, None)
+    with pytest.raises(TypeError, match="'x'"):
+        cell(state=state)
+
+
 def _cell_calls(cell, xs, states):
     return [cell(x, s) for x, s in zip(xs, states)]
 

@@ -59,14 +59,17 @@ class GRU(_recurrent_layers.GRU):
 
 class RNNCell(_recurrent_layers.RNNCell):
     _F = functional
+    __call__ = _core.cell_layer_call  # the shared __call__, in C (cpp/bindings/bind_recurrent.cpp)
 
 
 class LSTMCell(_recurrent_layers.LSTMCell):
     _F = functional
+    __call__ = _core.cell_layer_call  # the shared __call__, in C (cpp/bindings/bind_recurrent.cpp)
 
 
 class GRUCell(_recurrent_layers.GRUCell):
     _F = functional
+    __call__ = _core.cell_layer_call  # the shared __call__, in C (cpp/bindings/bind_recurrent.cpp)
 
 
 # Attention layers: the shared classes bound to the C++ backend
