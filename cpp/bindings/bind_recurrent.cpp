@@ -291,7 +291,7 @@ py::object cell_impl(Mode mode, const py::array& x, py::handle h, py::handle c, 
 // overload resolution) and a Python wrapper cost about as much as the step itself at
 // B = 1, H = 128. Arguments: mode, x, state, w_ih, w_hh, b_ih=None, b_hh=None.
 constexpr const char* kCellArgs[] = {"mode", "x", "state", "w_ih", "w_hh", "b_ih", "b_hh"};
-constexpr Py_ssize_t kCellNargs = 7, kCellRequired = 5;
+constexpr Py_ssize_t kCellNargs = 7;
 
 Mode cell_mode(PyObject* o) {
   static constexpr const char* names[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};  // in Mode order
