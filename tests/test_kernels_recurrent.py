@@ -431,14 +431,15 @@ def _cell_calls(cell, xs, states):
 @pytest.mark.parametrize("mode", MODES)
 def test_cells_from_many_threads(mode):
     """Python threads calling split cell steps at once (the helper thread serves one call at a
-    time; the others run both halves themselves) get exactly the results of serial calls."""
+    time; the others run both halves themselves) get exactly the results of serial calls. At
+    B=4, I=H=256 the steps are big enough to run with the GIL released."""
     rng = np.random.default_rng(5)
-    cells = [make_cell_pair(mode, 100, 128, dtype="float32", seed=s)[0] for s in range(4)]
+    cells = [make_cell_pair(mode, 256, 256, dtype="float32", seed=s)[0] for s in range(4)]
     lstm = mode == "lstm"
     work = []
     for cell in cells:
-        xs = [rng.standard_normal((1, 100)).astype(np.float32) for _ in range(300)]
-        hs = [rng.standard_normal((1, 128)).astype(np.float32) for _ in range(300)]
+        xs = [rng.standard_normal((4, 256)).astype(np.float32) for _ in range(200)]
+        hs = [rng.standard_normal((4, 256)).astype(np.float32) for _ in range(200)]
         work.append((cell, xs, [(h, h * 0.5) for h in hs] if lstm else hs))
     serial = [_cell_calls(*w) for w in work]
     got = [None] * len(work)

@@ -240,6 +240,10 @@ py::array cell_operand(py::handle h, const char* name, std::initializer_list<int
   return a;
 }
 
+// Cell steps of fewer multiply-adds than this (B=1: an LSTM up to about I=H=180, a few
+// microseconds) keep the GIL.
+constexpr long double kCellKeepGilMacs = 1 << 18;
+
 template <typename T>
 py::object cell_impl(Mode mode, const py::array& x, py::handle h, py::handle c, py::handle w_ih, py::handle w_hh,
                      py::handle b_ih, py::handle b_hh) {
@@ -278,7 +282,11 @@ py::object cell_impl(Mode mode, const py::array& x, py::handle h, py::handle c, 
     c_out = std::move(co);
   }
   const T* xp = static_cast<const T*>(xa.data());
-  {
+  // Like NumPy, the GIL is released only for work that takes long enough for another thread
+  // to use it: handing it over and back costs 0.06 us, 2% of a step at B=1, H=128.
+  if ((long double)B * GH * (I + H) < kCellKeepGilMacs) {
+    fastrnn::cell_step<T>(mode, B, I, H, xp, hp, cp, w, hop, cop);
+  } else {
     py::gil_scoped_release nogil;
     fastrnn::cell_step<T>(mode, B, I, H, xp, hp, cp, w, hop, cop);
   }
