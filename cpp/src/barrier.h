@@ -19,6 +19,17 @@
 
 namespace fastrnn {
 
+// Waits until done() holds: a pause hint per try, then, after a few microseconds of that,
+// the CPU is yielded on every try, so a waiter never starves the thread it waits for.
+template <typename Done>
+inline void spin_until(Done done) {
+  constexpr uint32_t kSpinsBeforeYield = 4096;  // a few microseconds of pause
+  for (uint32_t spins = 0; !done(); ++spins) {
+    if (spins < kSpinsBeforeYield) FASTRNN_PAUSE();
+    else sched_yield();
+  }
+}
+
 class StepBarrier {
  public:
   explicit StepBarrier(int n) : n_(n) {}
@@ -36,14 +47,10 @@ class StepBarrier {
       gen_.store(gen + 1, std::memory_order_release);
       return;
     }
-    for (uint32_t spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins < kSpinsBeforeYield) FASTRNN_PAUSE();
-      else sched_yield();
-    }
+    spin_until([&] { return gen_.load(std::memory_order_acquire) != gen; });
   }
 
  private:
-  static constexpr uint32_t kSpinsBeforeYield = 4096;  // a few microseconds of pause
   const int n_;
   alignas(64) std::atomic<int> count_{0};
   alignas(64) std::atomic<uint32_t> gen_{0};

@@ -12,7 +12,6 @@
 #include "pair.h"
 
 #include <pthread.h>
-#include <sched.h>
 
 #include <atomic>
 #include <chrono>
@@ -20,7 +19,7 @@
 #include <mutex>
 #include <thread>
 
-#include "barrier.h"  // FASTRNN_PAUSE
+#include "barrier.h"  // FASTRNN_PAUSE, spin_until
 
 namespace fastrnn {
 
@@ -56,9 +55,7 @@ class PairHelper {
     if (claim_.compare_exchange_strong(expected, 2, std::memory_order_acq_rel)) {
       part(ctx, 1);
     } else {
-      for (uint32_t spins = 0; done_.load(std::memory_order_acquire) == 0; ++spins)
-        if (spins < 4096) FASTRNN_PAUSE();
-        else sched_yield();
+      spin_until([&] { return done_.load(std::memory_order_acquire) != 0; });
     }
     busy_.store(false, std::memory_order_release);
   }
