@@ -45,6 +45,7 @@ struct StepBackArgs {
 // region). A packed panel is (K, nr): nr consecutive output columns, K-major, zero-padded.
 //   panel(M, K, A, lda, Bp, C, ldc, ncols, accumulate):
 //     C[:M, :ncols] (+)= A (M, K) @ Bp (K, nr)[:, :ncols]
+// A panel with ncols <= nr / 2 reads and multiplies only its first vector: it costs half.
 template <typename T>
 struct IsaKernels {
   void (*forward[4])(const StepArgs<T>&);      // indexed by Mode

@@ -272,75 +272,83 @@ inline typename Vec<T>::type load(const T* p) {
   return v;
 }
 
-template <typename T>
+template <typename T, int NV>
 inline void store_row(T* c, const typename Vec<T>::type* acc, int64_t ncols, bool accumulate) {
   constexpr int W = Vec<T>::lanes;
-  alignas(64) T tmp[2 * W];
-  __builtin_memcpy(tmp, &acc[0], sizeof(acc[0]));
-  __builtin_memcpy(tmp + W, &acc[1], sizeof(acc[1]));
+  alignas(64) T tmp[NV * W];
+  for (int v = 0; v < NV; ++v) __builtin_memcpy(tmp + v * W, &acc[v], sizeof(acc[v]));
   if (accumulate)
     for (int64_t i = 0; i < ncols; ++i) c[i] += tmp[i];
   else
     for (int64_t i = 0; i < ncols; ++i) c[i] = tmp[i];
 }
 
-// MR rows of A against the panel, k split over U accumulator sets that are summed at the end.
-// Every FMA of an accumulator waits for its previous one (4 cycles here, with two FMA pipes),
-// so at least 8 independent accumulators must be in flight: MR rows x 2 vectors x U. A block
-// of 8 rows needs U = 1; the few rows left over at small batch (M = 1..7) split k instead of
-// running one long dependency chain (at M = 3, K = 200 the old per-row chains ran at a third
-// of the rate).
-template <typename T, int MR, int U>
+// MR rows of A against NV vectors of the panel (NV = 1 when the panel's columns fit one
+// vector: a thread's last, narrow panel costs half), k split over U accumulator sets that are
+// summed at the end. Every FMA of an accumulator waits for its previous one (4 cycles here,
+// with two FMA pipes), so at least 8 independent accumulators must be in flight:
+// MR rows x 2 vectors x U. A block of 8 rows needs U = 1; the few rows left over at small
+// batch (M = 1..7) split k instead of running one long dependency chain (at M = 3, K = 200
+// the old per-row chains ran at a third of the rate).
+template <typename T, int MR, int U, int NV>
 inline void panel_rows(int64_t i0, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
                        int64_t ncols, bool accumulate) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::lanes;
-  V acc[U][MR][2];
+  V acc[U][MR][NV];
   for (int u = 0; u < U; ++u)
-    for (int r = 0; r < MR; ++r) acc[u][r][0] = acc[u][r][1] = V{};
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) acc[u][r][v] = V{};
   const T* a = A + i0 * lda;
   int64_t k = 0;
   for (; k + U <= K; k += U)
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
-      V b0 = load(Bp + (k + u) * 2 * W), b1 = load(Bp + (k + u) * 2 * W + W);
-      if constexpr (MR > 1) asm("" : "+v"(b0), "+v"(b1));  // load once for all rows, not per FMA
+      V b[NV];
+      for (int v = 0; v < NV; ++v) {
+        b[v] = load(Bp + (k + u) * 2 * W + v * W);
+        if constexpr (MR > 1) asm("" : "+v"(b[v]));  // load once for all rows, not per FMA
+      }
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const V av = splat(a[r * lda + k + u]);
-        acc[u][r][0] += av * b0;
-        acc[u][r][1] += av * b1;
+        for (int v = 0; v < NV; ++v) acc[u][r][v] += av * b[v];
       }
     }
-  for (; k < K; ++k) {
-    const V b0 = load(Bp + k * 2 * W), b1 = load(Bp + k * 2 * W + W);
+  for (; k < K; ++k)
     for (int r = 0; r < MR; ++r) {
       const V av = splat(a[r * lda + k]);
-      acc[0][r][0] += av * b0;
-      acc[0][r][1] += av * b1;
+      for (int v = 0; v < NV; ++v) acc[0][r][v] += av * load(Bp + k * 2 * W + v * W);
     }
-  }
   for (int u = 1; u < U; ++u)
-    for (int r = 0; r < MR; ++r) {
-      acc[0][r][0] += acc[u][r][0];
-      acc[0][r][1] += acc[u][r][1];
-    }
-  for (int r = 0; r < MR; ++r) store_row<T>(C + (i0 + r) * ldc, acc[0][r], ncols, accumulate);
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) acc[0][r][v] += acc[u][r][v];
+  for (int r = 0; r < MR; ++r) store_row<T, NV>(C + (i0 + r) * ldc, acc[0][r], ncols, accumulate);
+}
+
+// The k split (U) depends on the row count only, never on NV: a unit's sum is added in the
+// same order whichever panel width it falls in, so results do not depend on how the units are
+// cut between threads (a one-vector panel at MR = 1 runs 4 chains rather than 8).
+template <typename T, int NV>
+void panel_nv(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t ncols,
+              bool accumulate) {
+  int64_t i = 0;
+  for (; i + kMR <= M; i += kMR) panel_rows<T, kMR, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
+  if constexpr (kMR == 8)
+    if (i + 4 <= M) { panel_rows<T, 4, 2, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); i += 4; }
+  switch (M - i) {
+    case 3: panel_rows<T, 3, 2, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
+    case 2: panel_rows<T, 2, 3, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
+    case 1: panel_rows<T, 1, 4, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
+    default: break;
+  }
 }
 
 template <typename T>
 void panel(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t ncols,
            bool accumulate) {
-  int64_t i = 0;
-  for (; i + kMR <= M; i += kMR) panel_rows<T, kMR, 1>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
-  if constexpr (kMR == 8)
-    if (i + 4 <= M) { panel_rows<T, 4, 2>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); i += 4; }
-  switch (M - i) {
-    case 3: panel_rows<T, 3, 2>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
-    case 2: panel_rows<T, 2, 3>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
-    case 1: panel_rows<T, 1, 4>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
-    default: break;
-  }
+  if (ncols <= Vec<T>::lanes) panel_nv<T, 1>(M, K, A, lda, Bp, C, ldc, ncols, accumulate);
+  else panel_nv<T, 2>(M, K, A, lda, Bp, C, ldc, ncols, accumulate);
 }
 
 // C (M, N) = A (M, K) @ W^T with W (N, K) row-major, unpacked: dot products over k for the

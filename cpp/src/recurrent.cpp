@@ -71,68 +71,93 @@ struct Zeros {  // a shared zero vector standing in for absent biases / states
 };
 
 // ---- the persistent time loop -------------------------------------------------------------
-// Hidden units are cut into blocks of nr (one packed panel wide). Each thread owns a range of
-// unit blocks of one direction, with all G gate rows of w_hh for them, for the whole sequence:
-// its slice of w_hh stays in its own cache, the cell update of its units needs nothing from
-// other threads, and one barrier per step publishes the new h. No BLAS call happens inside.
+// Each thread owns a range of hidden units of one direction, with all G gate rows of w_hh for
+// them, for the whole sequence: its slice of w_hh stays in its own cache, the cell update of
+// its units needs nothing from other threads, and one barrier per step publishes the new h.
+// No BLAS call happens inside. Ranges are cut on whole SIMD vectors (nr / 2 units), not whole
+// panels, so an odd H splits evenly: H = 333 on two threads is 160 + 173 units, 5 + 5.5
+// panels of 32 (a last panel of one vector costs half), where cutting on panels gave 5 + 6.
+struct Slice {
+  int64_t d, u0, u1;  // direction d, hidden units [u0, u1)
+  int64_t p0;         // its first panel in the direction's packed buffer
+  // packed as panels of nr units from u0; the last one may be narrower
+  int64_t panels(int64_t nr) const { return (u1 - u0 + nr - 1) / nr; }
+  int64_t cols(int64_t p, int64_t nr) const { return std::min(nr, u1 - u0 - p * nr); }
+};
 
-// Forward packing: panel (g, jb) = output columns g*H + jb*nr .. +nr of h @ w_hh^T, K = H:
-//   Wp[((g*NB + jb)*H + k)*nr + i] = w_hh[g*H + jb*nr + i][k]   (0 past H)
-// Both packings take a range of unit blocks [jb0, jb1): each thread of the time loop packs
-// the panels it owns, at the start of the loop, so the work is split and the packed slice
-// is written straight into the cache of the core that reads it every step.
-template <typename T>
-void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, int64_t jb0, int64_t jb1, T* out) {
-  const int64_t NB = (H + nr - 1) / nr;
-  const auto& kern = isa_kernels<T>();
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t jb = jb0; jb < jb1; ++jb)
-      kern.pack_panel(w_hh + (g * H + jb * nr) * H, H, std::min(nr, H - jb * nr), H, nr,
-                      out + (g * NB + jb) * H * nr);
-}
-
-// Backward packing: panel jb = units jb*nr .. +nr of dG @ w_hh, K = G*H:
-//   Wt[(jb*GH + n)*nr + i] = w_hh[n][jb*nr + i]   (0 past H)
-// Each row of a panel is a contiguous piece of a w_hh row, so this is a row copy (an element
-// loop with the padding test ran at 8 GB/s: 32 us of a 45 us LSTM backward at T=1, B=1,
-// H=128).
-template <typename T>
-void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, int64_t jb0, int64_t jb1, T* out) {
-  for (int64_t jb = jb0; jb < jb1; ++jb) {
-    T* p = out + jb * GH * nr;
-    const int64_t cols = std::min(nr, H - jb * nr);
-    for (int64_t n = 0; n < GH; ++n) {
-      std::memcpy(p + n * nr, w_hh + n * H + jb * nr, cols * sizeof(T));
-      for (int64_t i = cols; i < nr; ++i) p[n * nr + i] = T(0);
-    }
-  }
-}
-
-struct Slice { int64_t d, jb0, jb1; };  // direction d, unit blocks [jb0, jb1)
+struct Plan {
+  std::vector<std::vector<Slice>> of_thread;
+  int64_t panels = 0;  // packed panels per direction (the most that any direction holds)
+};
 
 // Which slices each of nt threads owns. Two directions and >= 2 threads: the team is split
 // between the directions (they are independent); otherwise every thread takes a share of
 // every direction.
-std::vector<std::vector<Slice>> plan_threads(int64_t D, int64_t NB, int nt) {
-  std::vector<std::vector<Slice>> plan(nt);
+Plan plan_threads(int64_t D, int64_t H, int64_t nr, int nt) {
+  const int64_t vl = nr / 2, NV = (H + vl - 1) / vl;
+  Plan plan;
+  plan.of_thread.resize(nt);
+  std::vector<int64_t> used(D, 0);
+  // part p of `parts` starts at vector ceil(NV p / parts): when the vectors do not divide
+  // evenly, the last part (whose last vector is the partial one, with its scalar pointwise
+  // tail) is the one with fewer
+  auto cut = [&](int64_t part, int64_t parts) { return std::min(H, (NV * part + parts - 1) / parts * vl); };
+  auto add = [&](int t, int64_t d, int64_t part, int64_t parts) {
+    const Slice sl{d, cut(part, parts), cut(part + 1, parts), used[d]};
+    used[d] += sl.panels(nr);
+    plan.of_thread[t].push_back(sl);
+  };
   if (D == 2 && nt >= 2) {
     const int n0 = (nt + 1) / 2, n1 = nt - n0;
-    for (int t = 0; t < n0; ++t) plan[t].push_back({0, NB * t / n0, NB * (t + 1) / n0});
-    for (int t = 0; t < n1; ++t) plan[n0 + t].push_back({1, NB * t / n1, NB * (t + 1) / n1});
+    for (int t = 0; t < n0; ++t) add(t, 0, t, n0);
+    for (int t = 0; t < n1; ++t) add(n0 + t, 1, t, n1);
   } else {
     for (int t = 0; t < nt; ++t)
-      for (int64_t d = 0; d < D; ++d) plan[t].push_back({d, NB * t / nt, NB * (t + 1) / nt});
+      for (int64_t d = 0; d < D; ++d) add(t, d, t, nt);
   }
+  plan.panels = *std::max_element(used.begin(), used.end());
   return plan;
+}
+
+// Forward packing: panel p of a slice = output columns g*H + u0 + p*nr .. +nr of h @ w_hh^T,
+// K = H, with P panels per gate in the buffer:
+//   Wp[((g*P + p0 + p)*H + k)*nr + i] = w_hh[g*H + u0 + p*nr + i][k]   (0 past u1)
+// Each thread of the time loop packs its own slices at the start of the loop, so the work is
+// split and the packed slice is written straight into the cache of the core that reads it
+// every step.
+template <typename T>
+void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, const Slice& sl, int64_t P, T* out) {
+  const auto& kern = isa_kernels<T>();
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t p = 0; p < sl.panels(nr); ++p)
+      kern.pack_panel(w_hh + (g * H + sl.u0 + p * nr) * H, H, sl.cols(p, nr), H, nr,
+                      out + (g * P + sl.p0 + p) * H * nr);
+}
+
+// Backward packing: panel p of a slice = units u0 + p*nr .. +nr of dG @ w_hh, K = G*H:
+//   Wt[((p0 + p)*GH + n)*nr + i] = w_hh[n][u0 + p*nr + i]   (0 past u1)
+// Each row of a panel is a contiguous piece of a w_hh row, so this is a row copy (an element
+// loop with the padding test ran at 8 GB/s: 32 us of a 45 us LSTM backward at T=1, B=1,
+// H=128).
+template <typename T>
+void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, const Slice& sl, T* out) {
+  for (int64_t p = 0; p < sl.panels(nr); ++p) {
+    T* q = out + (sl.p0 + p) * GH * nr;
+    const int64_t c0 = sl.u0 + p * nr, cols = sl.cols(p, nr);
+    for (int64_t n = 0; n < GH; ++n) {
+      std::memcpy(q + n * nr, w_hh + n * H + c0, cols * sizeof(T));
+      for (int64_t i = cols; i < nr; ++i) q[n * nr + i] = T(0);
+    }
+  }
 }
 
 // Threads for a layer's time loop. Splitting a step's units between threads costs one
 // barrier per step (~0.2 us here by profile, with StepBarrier); it pays from about 2^13
 // multiply-adds per step (measured at B=1, T=1000, 2 threads: RNN H=128 0.35 vs 0.49 ms,
 // LSTM H=128 1.4 vs 2.8 ms; RNN H=64, 2^12, is 1.8x slower split). Tiny loops run on one
-// thread; never more threads than slices.
+// thread; never more threads than vectors of units.
 constexpr double kSplitMacs = double(1 << 13);
-int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64_t D, int64_t NB) {
+int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64_t D, int64_t nr) {
   const double step_macs = double(B) * GH * H;
   // inside another parallel region (nesting off) or under a thread limit a team would be
   // smaller than the plan, which gives each thread its own slices
@@ -140,7 +165,7 @@ int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64
   threads = std::min(threads, omp_get_thread_limit());
   if (threads <= 1 || double(T) * step_macs * D < double(1 << 17)) return 1;
   if (step_macs < kSplitMacs) return static_cast<int>(std::min<int64_t>(threads, D));
-  return static_cast<int>(std::min<int64_t>(threads, D * NB));
+  return static_cast<int>(std::min<int64_t>(threads, D * ((H + nr / 2 - 1) / (nr / 2))));
 }
 
 // body(tid, barrier) on nt threads (nt from loop_threads), or on the calling thread alone (no
@@ -206,13 +231,15 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
       if (lstm) c_scratch.emplace_back(static_cast<size_t>(2 * BH));
     }
   }
+  // the same split of the units for every layer (it depends on nothing that differs)
+  const int64_t nr = kern.nr;
+  const int nt = loop_threads(threads, T_, B, GH, H, D, nr);
+  const Plan plan = plan_threads(D, H, nr, nt);
+  const int64_t P = plan.panels;
   std::vector<Buffer<T>> gh_scratch, packed;
-  {
-    const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
-    for (int64_t d = 0; d < D; ++d) {
-      gh_scratch.emplace_back(static_cast<size_t>(BH * G));
-      packed.emplace_back(static_cast<size_t>(G * NB * H * nr));
-    }
+  for (int64_t d = 0; d < D; ++d) {
+    gh_scratch.emplace_back(static_cast<size_t>(BH * G));
+    packed.emplace_back(static_cast<size_t>(G * P * H * nr));
   }
 
   const T* X = a.x;  // input of the current layer, (T, B, I_l)
@@ -225,9 +252,6 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
     // all T steps, the input projection going straight into the gates cache. Inference: chunks
     // of Tc steps whose projection fits a small scratch buffer, so no per-step activations of
     // the whole sequence are held besides y.
-    const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
-    const int nt = loop_threads(threads, T_, B, GH, H, D, NB);
-    const auto plan = plan_threads(D, NB, nt);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
@@ -252,11 +276,11 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
       // 2. the recurrence over the chunk: one persistent region, one barrier per step
       persistent(nt, [&](int tid, StepBarrier& barrier) {
         if (s0 == 0)
-          for (const Slice& sl : plan[tid])
-            pack_forward(a.weights[l * D + sl.d].w_hh, G, H, nr, sl.jb0, sl.jb1, packed[sl.d].data());
+          for (const Slice& sl : plan.of_thread[tid])
+            pack_forward(a.weights[l * D + sl.d].w_hh, G, H, nr, sl, P, packed[sl.d].data());
         for (int64_t step = s0; step < s1; ++step) {
-          for (const Slice& sl : plan[tid]) {
-            if (sl.jb0 == sl.jb1) continue;
+          for (const Slice& sl : plan.of_thread[tid]) {
+            if (sl.u0 == sl.u1) continue;
             const int64_t d = sl.d, k = l * D + d;
             const LayerWeights<T>& w = a.weights[k];
             const int64_t t = d == 0 ? step : T_ - 1 - step;
@@ -268,10 +292,10 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             T* gh = gh_scratch[d].data();
             // gh[:, g*H + units] = h_prev @ w_hh[g*H + units]^T for this thread's units
             for (int64_t g = 0; g < G; ++g)
-              for (int64_t jb = sl.jb0; jb < sl.jb1; ++jb)
-                kern.panel(B, H, hbuf + ps * BH, H, packed[d].data() + (g * NB + jb) * H * nr,
-                           gh + g * H + jb * nr, GH, std::min(nr, H - jb * nr), false);
-            const int64_t u0 = sl.jb0 * nr, u1 = std::min(H, sl.jb1 * nr);
+              for (int64_t p = 0; p < sl.panels(nr); ++p)
+                kern.panel(B, H, hbuf + ps * BH, H, packed[d].data() + (g * P + sl.p0 + p) * H * nr,
+                           gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
+            const int64_t u0 = sl.u0, u1 = sl.u1;
             StepArgs<T> sa{};
             sa.rows = B; sa.n = u1 - u0; sa.H = H;
             sa.gx = gx + u0; sa.ldgx = ldgx;
@@ -330,13 +354,15 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
 
   std::vector<Buffer<T>> dg;       // per direction (T, B, G*H): gate gradients of all steps
   std::vector<Buffer<T>> carry_h, carry_c, dgh_step, packed;
+  const int64_t nr = kern.nr;
+  const int nt = loop_threads(threads, T_, B, GH, H, D, nr);
+  const Plan plan = plan_threads(D, H, nr, nt);
   for (int64_t d = 0; d < D; ++d) {
     dg.emplace_back(static_cast<size_t>(T_ * B * GH));
     carry_h.emplace_back(static_cast<size_t>(2 * BH));
     if (lstm) carry_c.emplace_back(static_cast<size_t>(2 * BH));
     if (gru) dgh_step.emplace_back(static_cast<size_t>(2 * BH * G));
-    const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
-    packed.emplace_back(static_cast<size_t>(NB * GH * nr));
+    packed.emplace_back(static_cast<size_t>(plan.panels * GH * nr));
   }
   Buffer<T> dX_above(L > 1 ? static_cast<size_t>(T_ * B * DH) : 0);  // dL/d(input of layer l)
 
@@ -349,21 +375,18 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     //    pointwise backward of its units (-> dG rows), a barrier, then adds dG @ w_hh for its
     //    units into dh_prev. dG_h of GRU (which is not stored per step) ping-pongs between two
     //    buffers, so a thread running ahead never overwrites what a slower one still reads.
-    const int64_t nr = kern.nr, NB = (H + nr - 1) / nr;
-    const int nt = loop_threads(threads, T_, B, GH, H, D, NB);
-    const auto plan = plan_threads(D, NB, nt);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       std::memcpy(carry_h[d].data(), a.dhn ? a.dhn + k * BH : zeros.get(), BH * sizeof(T));
       if (lstm) std::memcpy(carry_c[d].data(), a.dcn ? a.dcn + k * BH : zeros.get(), BH * sizeof(T));
     }
     persistent(nt, [&](int tid, StepBarrier& barrier) {
-      for (const Slice& sl : plan[tid])
-        pack_backward(a.weights[l * D + sl.d].w_hh, GH, H, nr, sl.jb0, sl.jb1, packed[sl.d].data());
+      for (const Slice& sl : plan.of_thread[tid])
+        pack_backward(a.weights[l * D + sl.d].w_hh, GH, H, nr, sl, packed[sl.d].data());
       for (int64_t step = T_ - 1; step >= 0; --step) {
         const int cur = static_cast<int>((T_ - 1 - step) & 1);
-        for (const Slice& sl : plan[tid]) {
-          if (sl.jb0 == sl.jb1) continue;
+        for (const Slice& sl : plan.of_thread[tid]) {
+          if (sl.u0 == sl.u1) continue;
           const int64_t d = sl.d, k = l * D + d;
           const int64_t t = d == 0 ? step : T_ - 1 - step;
           const int64_t ps = prev_slot(d, t), os = out_slot(d, t);
@@ -371,7 +394,7 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
           const T* cbuf = lstm ? cache.c[k].data() : nullptr;
           T* ch = carry_h[d].data();
           T* cc = lstm ? carry_c[d].data() : nullptr;
-          const int64_t u0 = sl.jb0 * nr, u1 = std::min(H, sl.jb1 * nr);
+          const int64_t u0 = sl.u0, u1 = sl.u1;
           StepBackArgs<T> ba{};
           ba.rows = B; ba.n = u1 - u0; ba.H = H;
           ba.gates = cache.gates[k].data() + t * B * Gc * H + u0; ba.ldgates = Gc * H;
@@ -387,15 +410,15 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
           bwd(ba);
         }
         barrier.wait();
-        for (const Slice& sl : plan[tid]) {
+        for (const Slice& sl : plan.of_thread[tid]) {
           const int64_t d = sl.d;
           const int64_t t = d == 0 ? step : T_ - 1 - step;
           const T* dgh = gru ? dgh_step[d].data() + (step & 1) * BH * G : dg[d].data() + t * B * GH;
           T* dh_prev = carry_h[d].data() + (1 - cur) * BH;
           // dh_prev[:, units] += dG_h (B, G*H) @ w_hh[:, units]
-          for (int64_t jb = sl.jb0; jb < sl.jb1; ++jb)
-            kern.panel(B, GH, dgh, GH, packed[d].data() + jb * GH * nr, dh_prev + jb * nr, H,
-                       std::min(nr, H - jb * nr), true);
+          for (int64_t p = 0; p < sl.panels(nr); ++p)
+            kern.panel(B, GH, dgh, GH, packed[d].data() + (sl.p0 + p) * GH * nr, dh_prev + sl.u0 + p * nr, H,
+                       sl.cols(p, nr), true);
         }
       }
     });
