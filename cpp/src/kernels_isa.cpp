@@ -17,7 +17,61 @@ namespace fastrnn {
 namespace FASTRNN_ISA {
 namespace {
 
+// The vector width of this ISA level, and kMR, the rows per block of the panel kernel (below).
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kMR = 8;  // 16 of the 32 zmm registers accumulate: two FMA pipes stay busy
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+constexpr int kMR = 4;  // 8 of 16 ymm accumulate, the rest hold B and broadcasts
+#else
+constexpr int kVecBytes = 16;
+constexpr int kMR = 4;
+#endif
+
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(kVecBytes)));
+  static constexpr int lanes = kVecBytes / sizeof(T);
+};
+
 inline bool row_active(const uint8_t* active, int64_t b) { return !active || active[b]; }
+
+// A pass over n units that is not a whole number of vectors leaves n % lanes units to the
+// scalar remainder loop of its `#pragma omp simd` loop, where 13 units of H = 333 cost as much
+// as 7 vectors. When at least one vector fits, such a pass runs as two: the whole vectors,
+// then the last vector once more from n - lanes, its pointers shifted. Only for passes whose
+// outputs alias none of their inputs, so that a unit computed twice is written with the same
+// value twice. Returns false (nothing done) when the pass has no tail to move.
+template <typename T, typename Args>
+inline bool run_tail_as_vector(const Args& a, void (*pass)(const Args&), Args (*shifted)(const Args&, int64_t)) {
+  constexpr int64_t W = Vec<T>::lanes;
+  if (a.n % W == 0 || a.n < W) return false;
+  Args whole = a;
+  whole.n = a.n - a.n % W;
+  pass(whole);
+  Args last = shifted(a, a.n - W);
+  last.n = W;
+  pass(last);
+  return true;
+}
+
+// The arguments of a step for units [j, n) of the original ones.
+template <typename T>
+StepArgs<T> shifted(const StepArgs<T>& a, int64_t j) {
+  StepArgs<T> s = a;
+  s.gx += j; s.gh += j; s.b_ih += j; s.b_hh += j; s.h_prev += j; s.h_out += j; s.y += j;
+  if (s.c_prev) { s.c_prev += j; s.c_out += j; }
+  if (s.gates) s.gates += j;
+  return s;
+}
+template <typename T>
+StepBackArgs<T> shifted(const StepBackArgs<T>& a, int64_t j) {
+  StepBackArgs<T> s = a;
+  s.gates += j; s.h_prev += j; s.h_out += j; s.dh += j; s.dy += j; s.dgx += j; s.dgh += j; s.dh_prev += j;
+  if (s.c_prev) { s.c_prev += j; s.c_out += j; s.dc += j; s.dc_prev += j; }
+  return s;
+}
 
 // Padding step: the state passes through and the output is 0.
 template <typename T>
@@ -49,6 +103,7 @@ inline void pass_back(const StepBackArgs<T>& a, int64_t b, int G, bool lstm, boo
 // forward:  h = act(x w_ih^T + b_ih + h_prev w_hh^T + b_hh)
 template <typename T, bool Relu>
 void rnn_forward(const StepArgs<T>& a) {
+  if (!a.gates && run_tail_as_vector<T>(a, rnn_forward<T, Relu>, shifted<T>)) return;
   const int64_t H = a.H, n = a.n;
   for (int64_t b = 0; b < a.rows; ++b) {
     if (!row_active(a.active, b)) { pass_through(a, b, false); continue; }
@@ -72,6 +127,7 @@ void rnn_forward(const StepArgs<T>& a) {
 // backward: dpre = dh_total * act'(h)   (tanh' = 1 - h^2, relu' = [h > 0])
 template <typename T, bool Relu>
 void rnn_backward(const StepBackArgs<T>& a) {
+  if (run_tail_as_vector<T>(a, rnn_backward<T, Relu>, shifted<T>)) return;
   const int64_t H = a.H, n = a.n;
   for (int64_t b = 0; b < a.rows; ++b) {
     if (!row_active(a.active, b)) { pass_back(a, b, 1, false, false); continue; }
@@ -93,6 +149,7 @@ void rnn_backward(const StepBackArgs<T>& a) {
 // forward:  i = s(.), f = s(.), g = tanh(.), o = s(.);  c = f c_prev + i g;  h = o tanh(c)
 template <typename T>
 void lstm_forward(const StepArgs<T>& a) {
+  if (!a.gates && run_tail_as_vector<T>(a, lstm_forward<T>, shifted<T>)) return;  // training: gates alias gx
   const int64_t H = a.H, n = a.n;
   const T *bi = a.b_ih, *bh = a.b_hh;
   for (int64_t b = 0; b < a.rows; ++b) {
@@ -136,6 +193,7 @@ void lstm_forward(const StepArgs<T>& a) {
 //   c = f c_prev + i g  -> di = dc g, df = dc c_prev, dg = dc i, dc_prev = dc f
 template <typename T>
 void lstm_backward(const StepBackArgs<T>& a) {
+  if (run_tail_as_vector<T>(a, lstm_backward<T>, shifted<T>)) return;
   const int64_t H = a.H, n = a.n;
   for (int64_t b = 0; b < a.rows; ++b) {
     if (!row_active(a.active, b)) { pass_back(a, b, 4, true, false); continue; }
@@ -169,6 +227,7 @@ void lstm_backward(const StepBackArgs<T>& a) {
 //           h = (1 - z) n + z h_prev.   Cached gates: r, z, n, hn (Gc = 4).
 template <typename T>
 void gru_forward(const StepArgs<T>& a) {
+  if (!a.gates && run_tail_as_vector<T>(a, gru_forward<T>, shifted<T>)) return;
   const int64_t H = a.H, n = a.n;
   const T *bi = a.b_ih, *bh = a.b_hh;
   for (int64_t b = 0; b < a.rows; ++b) {
@@ -209,6 +268,7 @@ void gru_forward(const StepArgs<T>& a) {
 //   n = tanh(xn + r hn)       -> dnp = dn (1 - n^2) (x side),  dr = dnp hn,  d(hn) = dnp r (h side)
 template <typename T>
 void gru_backward(const StepBackArgs<T>& a) {
+  if (run_tail_as_vector<T>(a, gru_backward<T>, shifted<T>)) return;
   const int64_t H = a.H, n = a.n;
   for (int64_t b = 0; b < a.rows; ++b) {
     if (!row_active(a.active, b)) { pass_back(a, b, 3, false, true); continue; }
@@ -237,23 +297,6 @@ void gru_backward(const StepBackArgs<T>& a) {
 // C[:M, :ncols] (+)= A (M, K) @ Bp (K, NR): the recurrent product of one step for one panel of
 // NR output columns. Register blocking: MR rows of A x two vectors of B; per k, two vector loads
 // and MR broadcasts feed 2*MR FMAs. Bp is the packed, zero-padded w_hh panel (see recurrent.cpp).
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-constexpr int kMR = 8;  // 16 of the 32 zmm registers accumulate: two FMA pipes stay busy
-#elif defined(__AVX2__)
-constexpr int kVecBytes = 32;
-constexpr int kMR = 4;  // 8 of 16 ymm accumulate, the rest hold B and broadcasts
-#else
-constexpr int kVecBytes = 16;
-constexpr int kMR = 4;
-#endif
-
-template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(kVecBytes)));
-  static constexpr int lanes = kVecBytes / sizeof(T);
-};
-
 // All lanes = s. (Written as V{} + s, GCC keeps the add of +0, which it may not drop because
 // of signed zeros: an FP add and a register broadcast per use instead of one broadcast load.)
 template <typename T, size_t... L>
