@@ -201,10 +201,12 @@ def test_no_bias(mode, dtype):
 
 
 # The time loop runs in one persistent OpenMP team once T*B*G*H*H*D >= 2^17 multiply-adds
-# (below: the calling thread alone). Hidden units are cut into blocks of nr = 2 SIMD vectors
-# (avx512: 32 float / 16 double; avx2: 16 / 8; baseline: 8 / 4); with two directions and >= 2
-# threads the team is split between the directions, otherwise every thread takes a share of
-# the unit blocks. H = 70 is a tail at every level and gives >= 3 blocks per direction.
+# (below: the calling thread alone). Threads own ranges of hidden units cut on whole SIMD
+# vectors (avx512: 16 float / 8 double; avx2: 8 / 4; baseline: 4 / 2), packed in panels of two
+# vectors; with two directions and >= 2 threads the team is split between the directions,
+# otherwise every thread takes a share of every direction. H = 70 is a tail at every level:
+# some thread gets a last panel one vector wide, and a pointwise pass whose partial last
+# vector runs as a whole one.
 # (The per-step GEMM / pointwise thresholds of earlier kernel versions, B*G*H >= 32768 and
 # B*G*H*H <= 262144, are covered by the same cases.)
 THREADED = (6, 9, 20, 70)  # T, B, I, H: >= 2^17 MACs even for one rnn direction
