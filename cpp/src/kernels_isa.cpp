@@ -39,7 +39,7 @@ inline bool row_active(const uint8_t* active, int64_t b) { return !active || act
 
 // A pass over n units that is not a whole number of vectors leaves n % lanes units to the
 // scalar remainder loop of its `#pragma omp simd` loop, where 13 units of H = 333 cost as much
-// as 7 vectors. When at least one vector fits, such a pass runs as two: the whole vectors,
+// as 5 vectors. When at least one vector fits, such a pass runs as two: the whole vectors,
 // then the last vector once more from n - lanes, its pointers shifted. Only for passes whose
 // outputs alias none of their inputs, so that a unit computed twice is written with the same
 // value twice. Returns false (nothing done) when the pass has no tail to move.

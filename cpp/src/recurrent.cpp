@@ -75,7 +75,7 @@ struct Zeros {  // a shared zero vector standing in for absent biases / states
 // them, for the whole sequence: its slice of w_hh stays in its own cache, the cell update of
 // its units needs nothing from other threads, and one barrier per step publishes the new h.
 // No BLAS call happens inside. Ranges are cut on whole SIMD vectors (nr / 2 units), not whole
-// panels, so an odd H splits evenly: H = 333 on two threads is 160 + 173 units, 5 + 5.5
+// panels, so an odd H splits evenly: H = 333 on two threads is 176 + 157 units, 5.5 + 5
 // panels of 32 (a last panel of one vector costs half), where cutting on panels gave 5 + 6.
 struct Slice {
   int64_t d, u0, u1;  // direction d, hidden units [u0, u1)
@@ -99,8 +99,8 @@ Plan plan_threads(int64_t D, int64_t H, int64_t nr, int nt) {
   plan.of_thread.resize(nt);
   std::vector<int64_t> used(D, 0);
   // part p of `parts` starts at vector ceil(NV p / parts): when the vectors do not divide
-  // evenly, the last part (whose last vector is the partial one, with its scalar pointwise
-  // tail) is the one with fewer
+  // evenly, the last part (whose last vector is the partial one, run by the pointwise pass a
+  // second time) is the one with fewer
   auto cut = [&](int64_t part, int64_t parts) { return std::min(H, (NV * part + parts - 1) / parts * vl); };
   auto add = [&](int t, int64_t d, int64_t part, int64_t parts) {
     const Slice sl{d, cut(part, parts), cut(part + 1, parts), used[d]};
