@@ -85,6 +85,9 @@ struct Slice {
   int64_t cols(int64_t p, int64_t nr) const { return std::min(nr, u1 - u0 - p * nr); }
 };
 
+// Vectors of nr / 2 units covering H units: the grain of the split between threads.
+inline int64_t unit_vectors(int64_t H, int64_t nr) { return (H + nr / 2 - 1) / (nr / 2); }
+
 struct Plan {
   std::vector<std::vector<Slice>> of_thread;
   int64_t panels = 0;  // packed panels per direction (the most that any direction holds)
@@ -94,7 +97,7 @@ struct Plan {
 // between the directions (they are independent); otherwise every thread takes a share of
 // every direction.
 Plan plan_threads(int64_t D, int64_t H, int64_t nr, int nt) {
-  const int64_t vl = nr / 2, NV = (H + vl - 1) / vl;
+  const int64_t vl = nr / 2, NV = unit_vectors(H, nr);
   Plan plan;
   plan.of_thread.resize(nt);
   std::vector<int64_t> used(D, 0);
@@ -165,7 +168,7 @@ int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64
   threads = std::min(threads, omp_get_thread_limit());
   if (threads <= 1 || double(T) * step_macs * D < double(1 << 17)) return 1;
   if (step_macs < kSplitMacs) return static_cast<int>(std::min<int64_t>(threads, D));
-  return static_cast<int>(std::min<int64_t>(threads, D * ((H + nr / 2 - 1) / (nr / 2))));
+  return static_cast<int>(std::min<int64_t>(threads, D * unit_vectors(H, nr)));
 }
 
 // body(tid, barrier) on nt threads (nt from loop_threads), or on the calling thread alone (no
