@@ -324,15 +324,31 @@ inline typename Vec<T>::type load(const T* p) {
   return v;
 }
 
+// Whole vectors are stored as vectors; only a partial one goes through a buffer (a plain
+// element loop became a memmove call per row and panel: 8-14% of an LSTM at T=7, B=5, H=13).
 template <typename T, int NV>
 inline void store_row(T* c, const typename Vec<T>::type* acc, int64_t ncols, bool accumulate) {
+  using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::lanes;
-  alignas(64) T tmp[NV * W];
-  for (int v = 0; v < NV; ++v) __builtin_memcpy(tmp + v * W, &acc[v], sizeof(acc[v]));
-  if (accumulate)
-    for (int64_t i = 0; i < ncols; ++i) c[i] += tmp[i];
-  else
-    for (int64_t i = 0; i < ncols; ++i) c[i] = tmp[i];
+  int v = 0;
+  for (; v < NV && (v + 1) * W <= ncols; ++v) {
+    const V r = accumulate ? load(c + v * W) + acc[v] : acc[v];
+    __builtin_memcpy(c + v * W, &r, sizeof(V));
+  }
+  if (v == NV || v * W == ncols) return;
+  alignas(64) T tmp[W];
+  __builtin_memcpy(tmp, &acc[v], sizeof(V));
+  T* cv = c + v * W;
+  const int rest = static_cast<int>(ncols - v * W);
+  if (accumulate) {
+    for (int i = 0; i < rest; ++i) cv[i] += tmp[i];
+    return;
+  }
+  // rest < W elements in pieces of W/2, W/4, ..., 1 (a copy loop would become a memmove call)
+  int i = 0;
+#pragma GCC unroll 8
+  for (int piece = W / 2; piece >= 1; piece /= 2)
+    if (rest & piece) { __builtin_memcpy(cv + i, tmp + i, piece * sizeof(T)); i += piece; }
 }
 
 // MR rows of A against NV vectors of the panel (NV = 1 when the panel's columns fit one
