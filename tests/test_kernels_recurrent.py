@@ -251,6 +251,17 @@ def test_large_batch_small_hidden(dtype, threads):
     check_case("lstm", T, B, I, H, dtype=dtype, num_layers=2, bidirectional=True, with_lengths=True)
 
 
+# The input projection runs in row blocks of ~128 KiB of x (24 rows at I = 600 in float64):
+# inside the time loop's team (H = 70, every thread has units) or, for a loop too small to
+# split (H = 13: B*G*H*H < 2^13 per step), as blocks shared by all threads before it.
+@pytest.mark.parametrize("size", [(40, 8, 600, 13), (12, 8, 600, 70)], ids=["blocks-before-loop", "blocks-in-loop"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_input_projection_row_blocks(mode, dtype, size, threads):
+    threads(2)
+    check_case(mode, *size, dtype=dtype, num_layers=1, bidirectional=size[3] == 70, with_lengths=True)
+
+
 def test_grads_accumulate():
     """backward ADDS into layer.grads (the kernel's GEMMs run with beta = 1)."""
     kern, ref = make_pair("gru", 7, 13, num_layers=2, bidirectional=True)
@@ -519,6 +530,7 @@ THREAD_CASES = {  # mode, T, B, I, H, bidirectional
     "parallel": ("lstm", 3, 64, 24, 160, True),           # many unit blocks per thread
     "gru-parallel": ("gru", 3, 128, 20, 176, True),
     "lstm-parallel-short": ("lstm", 2, 64, 16, 128, False),
+    "projection-blocks": ("lstm", 40, 8, 600, 13, False),  # 1 thread: in the loop; 2: before it
 }
 
 

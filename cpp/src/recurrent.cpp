@@ -122,19 +122,38 @@ Plan plan_threads(int64_t D, int64_t H, int64_t nr, int nt) {
   return plan;
 }
 
-// Forward packing: panel p of a slice = output columns g*H + u0 + p*nr .. +nr of h @ w_hh^T,
-// K = H, with P panels per gate in the buffer:
-//   Wp[((g*P + p0 + p)*H + k)*nr + i] = w_hh[g*H + u0 + p*nr + i][k]   (0 past u1)
+// Forward packing of w (G*H, K), w_hh (K = H) or w_ih (K = I): panel p of a slice = output
+// columns g*H + u0 + p*nr .. +nr of a @ w^T, with P panels per gate in the buffer:
+//   Wp[((g*P + p0 + p)*K + k)*nr + i] = w[g*H + u0 + p*nr + i][k]   (0 past u1)
 // Each thread of the time loop packs its own slices at the start of the loop, so the work is
 // split and the packed slice is written straight into the cache of the core that reads it
-// every step.
+// (w_ih too, unless the projection runs before the loop's region).
 template <typename T>
-void pack_forward(const T* w_hh, int64_t G, int64_t H, int64_t nr, const Slice& sl, int64_t P, T* out) {
+void pack_forward(const T* w, int64_t K, int64_t G, int64_t H, int64_t nr, const Slice& sl, int64_t P, T* out) {
   const auto& kern = isa_kernels<T>();
   for (int64_t g = 0; g < G; ++g)
     for (int64_t p = 0; p < sl.panels(nr); ++p)
-      kern.pack_panel(w_hh + (g * H + sl.u0 + p * nr) * H, H, sl.cols(p, nr), H, nr,
-                      out + (g * P + sl.p0 + p) * H * nr);
+      kern.pack_panel(w + (g * H + sl.u0 + p * nr) * K, K, sl.cols(p, nr), K, nr,
+                      out + (g * P + sl.p0 + p) * K * nr);
+}
+
+// The input projection gx = X w_ih^T runs in row blocks of about 128 KiB of X, each block
+// against all of a slice's packed panels (pack_forward) while it is in L2. Every column's sum
+// runs in an order fixed by the block alone, never by the slice or the thread that computes it,
+// so the result does not depend on the thread count.
+inline int64_t projection_block_rows(int64_t K, size_t elem) {
+  return std::max<int64_t>(8, (int64_t(128) << 10) / std::max<int64_t>(1, K * int64_t(elem)) / 8 * 8);
+}
+
+// C[r0:r0+rows, g*H + units of sl] = A[r0:r0+rows] (rows, K) @ w[g*H + units]^T for every gate g
+template <typename T>
+void project_rows(int64_t r0, int64_t rows, int64_t K, const T* A, const T* Wp, int64_t G, int64_t H, int64_t nr,
+                  const Slice& sl, int64_t P, T* C, int64_t ldc) {
+  const auto& kern = isa_kernels<T>();
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t p = 0; p < sl.panels(nr); ++p)
+      kern.panel(rows, K, A + r0 * K, K, Wp + (g * P + sl.p0 + p) * K * nr, C + r0 * ldc + g * H + sl.u0 + p * nr,
+                 ldc, sl.cols(p, nr), false);
 }
 
 // Backward packing: panel p of a slice = units u0 + p*nr .. +nr of dG @ w_hh, K = G*H:
@@ -152,6 +171,17 @@ void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, const Slice
       for (int64_t i = cols; i < nr; ++i) q[n * nr + i] = T(0);
     }
   }
+}
+
+// Elements of one direction's packed weights: the forward's panels of w_hh (K = H), then of
+// w_ih (K = the widest layer input). The backward packs only w_hh, in its own layout of the
+// same G*P*H*nr, but asks for the same size: a training step's backward then reuses the block
+// its forward released (the buffer cache matches blocks by size, and its peak rule had the
+// backward's fresh dG evict a block only the forward fitted), and w_hh and w_ih are one
+// allocation (as two, below the cache's bound, malloc handed them back to the system after
+// each call and packing faulted them in again: B=1, T=100, H=128 LSTM 191 -> 254 us).
+inline int64_t packed_elems(int64_t G, int64_t P, int64_t nr, const RecurrentShape& s) {
+  return G * P * nr * (s.H + std::max(s.I, s.L > 1 ? s.D * s.H : int64_t(0)));
 }
 
 // Threads for a layer's time loop. Splitting a step's units between threads costs one
@@ -239,10 +269,19 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
   const int nt = loop_threads(threads, T_, B, GH, H, D, nr);
   const Plan plan = plan_threads(D, H, nr, nt);
   const int64_t P = plan.panels;
+  // The input projection runs in our own kernel on a packed w_ih (no BLAS call in the forward
+  // pass): inside the time loop's region, each thread for its own units, when that region has
+  // every thread; otherwise (a loop too small to split over all of them) all threads take
+  // blocks of rows before the region.
+  const bool project_inside = nt >= threads;
+  std::vector<Slice> all_slices;
+  for (const auto& own : plan.of_thread) all_slices.insert(all_slices.end(), own.begin(), own.end());
   std::vector<Buffer<T>> gh_scratch, packed;
+  std::vector<T*> packed_ih;  // w_ih's panels, after w_hh's in `packed`
   for (int64_t d = 0; d < D; ++d) {
     gh_scratch.emplace_back(static_cast<size_t>(BH * G));
-    packed.emplace_back(static_cast<size_t>(G * P * H * nr));
+    packed.emplace_back(static_cast<size_t>(packed_elems(G, P, nr, s)));
+    packed_ih.push_back(packed.back().data() + G * P * H * nr);
   }
 
   const T* X = a.x;  // input of the current layer, (T, B, I_l)
@@ -251,10 +290,10 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
     const bool last = l + 1 == L;
     T* Y = last ? a.y : (train ? cache->layer_inputs[l].data() : inter[l % 2].data());
 
-    // The recurrence runs in one persistent region per chunk of steps. Training: one chunk of
-    // all T steps, the input projection going straight into the gates cache. Inference: chunks
-    // of Tc steps whose projection fits a small scratch buffer, so no per-step activations of
-    // the whole sequence are held besides y.
+    // The layer runs in one persistent region per chunk of steps. Training: one chunk of all T
+    // steps, the input projection going straight into the gates cache. Inference: chunks of Tc
+    // steps whose projection fits a small scratch buffer, so no per-step activations of the
+    // whole sequence are held besides y.
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
@@ -267,20 +306,55 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
     }
     for (int64_t s0 = 0; s0 < T_; s0 += Tc) {
       const int64_t s1 = std::min(T_, s0 + Tc);  // processing steps [s0, s1)
-      // 1. input projection of the chunk, one GEMM per direction: gx = X w_ih^T (n*B, G*H).
-      //    Direction d processes times [t_lo, t_lo + n) (the reverse one from the end).
+      // Direction d processes times [t_lo, t_lo + s1 - s0) (the reverse one from the end).
       auto t_lo = [&](int64_t d) { return d == 0 ? s0 : T_ - s1; };
-      for (int64_t d = 0; d < D; ++d) {
-        const LayerWeights<T>& w = a.weights[l * D + d];
-        const int64_t tl = t_lo(d);
-        T* gx = train ? cache->gates[l * D + d].data() + tl * B * ldgx : gx_scratch[d].data();
-        gemm<T>(false, true, (s1 - s0) * B, GH, I_l, T(1), X + tl * B * I_l, I_l, w.w_ih, I_l, T(0), gx, ldgx);
+      auto gx_of = [&](int64_t d) {
+        return train ? cache->gates[l * D + d].data() + t_lo(d) * B * ldgx : gx_scratch[d].data();
+      };
+      const int64_t M = (s1 - s0) * B, R = projection_block_rows(I_l, sizeof(T));
+      auto project = [&](const Slice& sl, int64_t r0, int64_t rows) {
+        if (sl.u0 < sl.u1)
+          project_rows(r0, rows, I_l, X + t_lo(sl.d) * B * I_l, packed_ih[sl.d], G, H, nr, sl, P, gx_of(sl.d),
+                       ldgx);
+      };
+      if (!project_inside) {
+        const int64_t blocks = (M + R - 1) / R, n_sl = static_cast<int64_t>(all_slices.size());
+        auto pack_ih = [&](int64_t i) {
+          const Slice& sl = all_slices[i];
+          pack_forward(a.weights[l * D + sl.d].w_ih, I_l, G, H, nr, sl, P, packed_ih[sl.d]);
+        };
+        auto project_block = [&](int64_t j) {
+          project(all_slices[j % n_sl], j / n_sl * R, std::min(R, M - j / n_sl * R));
+        };
+        if (double(M) * GH * I_l * D >= double(1 << 17)) {
+#pragma omp parallel num_threads(threads)
+          {
+            if (s0 == 0) {
+#pragma omp for
+              for (int64_t i = 0; i < n_sl; ++i) pack_ih(i);
+            }
+#pragma omp for
+            for (int64_t j = 0; j < blocks * n_sl; ++j) project_block(j);
+          }
+        } else {
+          for (int64_t i = 0; s0 == 0 && i < n_sl; ++i) pack_ih(i);
+          for (int64_t j = 0; j < blocks * n_sl; ++j) project_block(j);
+        }
       }
-      // 2. the recurrence over the chunk: one persistent region, one barrier per step
       persistent(nt, [&](int tid, StepBarrier& barrier) {
         if (s0 == 0)
+          for (const Slice& sl : plan.of_thread[tid]) {
+            const LayerWeights<T>& w = a.weights[l * D + sl.d];
+            pack_forward(w.w_hh, H, G, H, nr, sl, P, packed[sl.d].data());
+            if (project_inside) pack_forward(w.w_ih, I_l, G, H, nr, sl, P, packed_ih[sl.d]);
+          }
+        // 1. input projection of the chunk, gx = X w_ih^T ((s1 - s0) * B, G*H), each thread
+        //    for the gate columns of its own units: the only ones its steps read, so no barrier
+        //    stands between this and the first step
+        if (project_inside)
           for (const Slice& sl : plan.of_thread[tid])
-            pack_forward(a.weights[l * D + sl.d].w_hh, G, H, nr, sl, P, packed[sl.d].data());
+            for (int64_t r0 = 0; r0 < M; r0 += R) project(sl, r0, std::min(R, M - r0));
+        // 2. the recurrence over the chunk, one barrier per step
         for (int64_t step = s0; step < s1; ++step) {
           for (const Slice& sl : plan.of_thread[tid]) {
             if (sl.u0 == sl.u1) continue;
@@ -289,7 +363,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             const int64_t t = d == 0 ? step : T_ - 1 - step;
             const int64_t ps = train ? prev_slot(d, t) : (step & 1);
             const int64_t os = train ? out_slot(d, t) : ((step + 1) & 1);
-            T* gx = train ? cache->gates[k].data() + t * B * ldgx : gx_scratch[d].data() + (t - t_lo(d)) * B * ldgx;
+            T* gx = gx_of(d) + (t - t_lo(d)) * B * ldgx;
             T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
             T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
             T* gh = gh_scratch[d].data();
@@ -365,7 +439,7 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     carry_h.emplace_back(static_cast<size_t>(2 * BH));
     if (lstm) carry_c.emplace_back(static_cast<size_t>(2 * BH));
     if (gru) dgh_step.emplace_back(static_cast<size_t>(2 * BH * G));
-    packed.emplace_back(static_cast<size_t>(plan.panels * GH * nr));
+    packed.emplace_back(static_cast<size_t>(packed_elems(G, plan.panels, nr, s)));
   }
   Buffer<T> dX_above(L > 1 ? static_cast<size_t>(T_ * B * DH) : 0);  // dL/d(input of layer l)
 
