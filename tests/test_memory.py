@@ -49,7 +49,7 @@ def test_training_peak_memory_not_above_pytorch(torch):
 
 
 # ----------------------------------------------------------------------- large-buffer cache
-# Kernel buffers of 1 MiB and more are kept for reuse after a call (cpp/src/buffer.cpp). Each
+# Kernel buffers of 64 KiB and more are kept for reuse after a call (cpp/src/buffer.cpp). Each
 # check runs in a fresh interpreter: the cache is process-wide, and buffers held by other
 # tests would change its counts.
 
@@ -120,10 +120,11 @@ def test_buffer_cache_reuses_blocks_without_stale_data_and_stays_within_peak():
         assert st["cached_bytes"] > 0
         assert st["cached_bytes"] + st["in_use_bytes"] <= st["peak_bytes"]
     first, second = out["steps"][0]["stats"], out["steps"][1]["stats"]
-    # a repeated shape reuses what it released: no fresh memory, the peak stays put
-    assert first["allocated"] >= 2 and first["reused"] == 0
+    # a repeated shape reuses what it released: no fresh memory, the peak stays put (within
+    # the first call, the backward may already reuse a block its forward released)
+    assert first["allocated"] >= 2
     assert second["allocated"] == first["allocated"], "the repeated shape allocated fresh memory"
-    assert second["reused"] >= first["allocated"]
+    assert second["reused"] - first["reused"] >= first["allocated"]
     assert second["cached_bytes"] == first["cached_bytes"] and second["peak_bytes"] == first["peak_bytes"]
     big, small_again, big_again = (s["stats"] for s in out["steps"][2:])
     # switching shapes reuses what fits and never raises the footprint past the peak

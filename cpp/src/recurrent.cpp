@@ -173,16 +173,39 @@ void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, const Slice
   }
 }
 
-// Elements of one direction's packed weights: the forward's panels of w_hh (K = H), then of
-// w_ih (K = the widest layer input). The backward packs only w_hh, in its own layout of the
-// same G*P*H*nr, but asks for the same size: a training step's backward then reuses the block
-// its forward released (the buffer cache matches blocks by size, and its peak rule had the
-// backward's fresh dG evict a block only the forward fitted), and w_hh and w_ih are one
-// allocation (as two, below the cache's bound, malloc handed them back to the system after
-// each call and packing faulted them in again: B=1, T=100, H=128 LSTM 191 -> 254 us).
-inline int64_t packed_elems(int64_t G, int64_t P, int64_t nr, const RecurrentShape& s) {
-  return G * P * nr * (s.H + std::max(s.I, s.L > 1 ? s.D * s.H : int64_t(0)));
-}
+// One direction's scratch for a forward or a backward pass, one block of the same size for
+// both: a training step's backward then reuses the block its forward released (the buffer
+// cache matches blocks by size; with the forward's and the backward's scratch in blocks of
+// different sizes, its peak rule had the backward's fresh dG evict a block that only the
+// forward could use, and every later call allocated afresh). Below the cache's size bound,
+// malloc handed such buffers back to the system after each call and the next call faulted
+// them in again (LSTM forward+backward at T=37, B=1, I=77, H=129: 120 000 page faults per
+// 400 calls, a third of the time).
+//   packed:  the forward's panels of w_hh (K = H), then of w_ih (K = the widest layer input);
+//            the backward packs only w_hh, in its own layout of the same G*P*H*nr
+//   step:    forward: gh (B, G*H); backward: carry_h (2, B, H), carry_c (2, B, H) LSTM,
+//            dgh (2, B, G*H) GRU
+template <typename T>
+struct DirectionScratch {
+  static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned parts
+  static int64_t packed_elems(int64_t G, int64_t P, int64_t nr, const RecurrentShape& s) {
+    return G * P * nr * (s.H + std::max(s.I, s.L > 1 ? s.D * s.H : int64_t(0)));
+  }
+  DirectionScratch(int64_t G, int64_t P, int64_t nr, const RecurrentShape& s)
+      : bh16(round16(s.B * s.H)), n_packed(packed_elems(G, P, nr, s)) {
+    const int64_t fwd = round16(s.B * G * s.H);
+    const int64_t bwd = 4 * bh16 + (s.mode == Mode::Gru ? 2 * round16(s.B * G * s.H) : 0);
+    buf = Buffer<T>(static_cast<size_t>(n_packed + std::max(fwd, bwd)));
+  }
+  T* packed() { return buf.data(); }
+  T* packed_ih(int64_t G, int64_t P, int64_t nr, int64_t H) { return buf.data() + G * P * H * nr; }
+  T* gh() { return buf.data() + n_packed; }
+  T* carry_h() { return buf.data() + n_packed; }
+  T* carry_c() { return buf.data() + n_packed + 2 * bh16; }
+  T* dgh() { return buf.data() + n_packed + 4 * bh16; }
+  const int64_t bh16, n_packed;
+  Buffer<T> buf;
+};
 
 // Threads for a layer's time loop. Splitting a step's units between threads costs one
 // barrier per step (~0.2 us here by profile, with StepBarrier); it pays from about 2^13
@@ -276,12 +299,13 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
   const bool project_inside = nt >= threads;
   std::vector<Slice> all_slices;
   for (const auto& own : plan.of_thread) all_slices.insert(all_slices.end(), own.begin(), own.end());
-  std::vector<Buffer<T>> gh_scratch, packed;
-  std::vector<T*> packed_ih;  // w_ih's panels, after w_hh's in `packed`
+  std::vector<DirectionScratch<T>> scratch;
+  std::vector<T*> packed, packed_ih, gh_scratch;
   for (int64_t d = 0; d < D; ++d) {
-    gh_scratch.emplace_back(static_cast<size_t>(BH * G));
-    packed.emplace_back(static_cast<size_t>(packed_elems(G, P, nr, s)));
-    packed_ih.push_back(packed.back().data() + G * P * H * nr);
+    scratch.emplace_back(G, P, nr, s);
+    packed.push_back(scratch.back().packed());
+    packed_ih.push_back(scratch.back().packed_ih(G, P, nr, H));
+    gh_scratch.push_back(scratch.back().gh());
   }
 
   const T* X = a.x;  // input of the current layer, (T, B, I_l)
@@ -345,7 +369,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         if (s0 == 0)
           for (const Slice& sl : plan.of_thread[tid]) {
             const LayerWeights<T>& w = a.weights[l * D + sl.d];
-            pack_forward(w.w_hh, H, G, H, nr, sl, P, packed[sl.d].data());
+            pack_forward(w.w_hh, H, G, H, nr, sl, P, packed[sl.d]);
             if (project_inside) pack_forward(w.w_ih, I_l, G, H, nr, sl, P, packed_ih[sl.d]);
           }
         // 1. input projection of the chunk, gx = X w_ih^T ((s1 - s0) * B, G*H), each thread
@@ -366,11 +390,11 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             T* gx = gx_of(d) + (t - t_lo(d)) * B * ldgx;
             T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
             T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
-            T* gh = gh_scratch[d].data();
+            T* gh = gh_scratch[d];
             // gh[:, g*H + units] = h_prev @ w_hh[g*H + units]^T for this thread's units
             for (int64_t g = 0; g < G; ++g)
               for (int64_t p = 0; p < sl.panels(nr); ++p)
-                kern.panel(B, H, hbuf + ps * BH, H, packed[d].data() + (g * P + sl.p0 + p) * H * nr,
+                kern.panel(B, H, hbuf + ps * BH, H, packed[d] + (g * P + sl.p0 + p) * H * nr,
                            gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
             const int64_t u0 = sl.u0, u1 = sl.u1;
             StepArgs<T> sa{};
@@ -427,19 +451,21 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
   const auto bwd = kern.backward[static_cast<int>(s.mode)];
 
   const std::vector<uint8_t> active = make_active(s, cache.lengths.empty() ? nullptr : cache.lengths.data());
-  const Zeros<T> zeros(static_cast<size_t>(BH));
+  const Zeros<T> zeros(static_cast<size_t>(std::max(GH, BH)));  // the forward's size: one cached block
 
   std::vector<Buffer<T>> dg;       // per direction (T, B, G*H): gate gradients of all steps
-  std::vector<Buffer<T>> carry_h, carry_c, dgh_step, packed;
+  std::vector<DirectionScratch<T>> scratch;
+  std::vector<T*> carry_h, carry_c, dgh_step, packed;
   const int64_t nr = kern.nr;
   const int nt = loop_threads(threads, T_, B, GH, H, D, nr);
   const Plan plan = plan_threads(D, H, nr, nt);
   for (int64_t d = 0; d < D; ++d) {
     dg.emplace_back(static_cast<size_t>(T_ * B * GH));
-    carry_h.emplace_back(static_cast<size_t>(2 * BH));
-    if (lstm) carry_c.emplace_back(static_cast<size_t>(2 * BH));
-    if (gru) dgh_step.emplace_back(static_cast<size_t>(2 * BH * G));
-    packed.emplace_back(static_cast<size_t>(packed_elems(G, plan.panels, nr, s)));
+    scratch.emplace_back(G, plan.panels, nr, s);
+    carry_h.push_back(scratch.back().carry_h());
+    carry_c.push_back(scratch.back().carry_c());
+    dgh_step.push_back(scratch.back().dgh());
+    packed.push_back(scratch.back().packed());
   }
   Buffer<T> dX_above(L > 1 ? static_cast<size_t>(T_ * B * DH) : 0);  // dL/d(input of layer l)
 
@@ -454,12 +480,12 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     //    buffers, so a thread running ahead never overwrites what a slower one still reads.
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
-      std::memcpy(carry_h[d].data(), a.dhn ? a.dhn + k * BH : zeros.get(), BH * sizeof(T));
-      if (lstm) std::memcpy(carry_c[d].data(), a.dcn ? a.dcn + k * BH : zeros.get(), BH * sizeof(T));
+      std::memcpy(carry_h[d], a.dhn ? a.dhn + k * BH : zeros.get(), BH * sizeof(T));
+      if (lstm) std::memcpy(carry_c[d], a.dcn ? a.dcn + k * BH : zeros.get(), BH * sizeof(T));
     }
     persistent(nt, [&](int tid, StepBarrier& barrier) {
       for (const Slice& sl : plan.of_thread[tid])
-        pack_backward(a.weights[l * D + sl.d].w_hh, GH, H, nr, sl, packed[sl.d].data());
+        pack_backward(a.weights[l * D + sl.d].w_hh, GH, H, nr, sl, packed[sl.d]);
       for (int64_t step = T_ - 1; step >= 0; --step) {
         const int cur = static_cast<int>((T_ - 1 - step) & 1);
         for (const Slice& sl : plan.of_thread[tid]) {
@@ -469,8 +495,8 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
           const int64_t ps = prev_slot(d, t), os = out_slot(d, t);
           const T* hbuf = cache.h[k].data();
           const T* cbuf = lstm ? cache.c[k].data() : nullptr;
-          T* ch = carry_h[d].data();
-          T* cc = lstm ? carry_c[d].data() : nullptr;
+          T* ch = carry_h[d];
+          T* cc = lstm ? carry_c[d] : nullptr;
           const int64_t u0 = sl.u0, u1 = sl.u1;
           StepBackArgs<T> ba{};
           ba.rows = B; ba.n = u1 - u0; ba.H = H;
@@ -481,7 +507,7 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
           if (lstm) { ba.dc = cc + cur * BH + u0; ba.dc_prev = cc + (1 - cur) * BH + u0; }
           ba.dy = dY + t * B * DH + d * H + u0; ba.lddy = DH;
           ba.dgx = dg[d].data() + t * B * GH + u0; ba.lddgx = GH;
-          ba.dgh = gru ? dgh_step[d].data() + (step & 1) * BH * G + u0 : ba.dgx; ba.lddgh = GH;
+          ba.dgh = gru ? dgh_step[d] + (step & 1) * BH * G + u0 : ba.dgx; ba.lddgh = GH;
           ba.dh_prev = ch + (1 - cur) * BH + u0;
           ba.active = active.empty() ? nullptr : active.data() + t * B;
           bwd(ba);
@@ -490,11 +516,11 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
         for (const Slice& sl : plan.of_thread[tid]) {
           const int64_t d = sl.d;
           const int64_t t = d == 0 ? step : T_ - 1 - step;
-          const T* dgh = gru ? dgh_step[d].data() + (step & 1) * BH * G : dg[d].data() + t * B * GH;
-          T* dh_prev = carry_h[d].data() + (1 - cur) * BH;
+          const T* dgh = gru ? dgh_step[d] + (step & 1) * BH * G : dg[d].data() + t * B * GH;
+          T* dh_prev = carry_h[d] + (1 - cur) * BH;
           // dh_prev[:, units] += dG_h (B, G*H) @ w_hh[:, units]
           for (int64_t p = 0; p < sl.panels(nr); ++p)
-            kern.panel(B, GH, dgh, GH, packed[d].data() + (sl.p0 + p) * GH * nr, dh_prev + sl.u0 + p * nr, H,
+            kern.panel(B, GH, dgh, GH, packed[d] + (sl.p0 + p) * GH * nr, dh_prev + sl.u0 + p * nr, H,
                        sl.cols(p, nr), true);
         }
       }
@@ -502,8 +528,8 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       const int fin = static_cast<int>(T_ & 1);
-      std::memcpy(a.dh0 + k * BH, carry_h[d].data() + fin * BH, BH * sizeof(T));
-      if (lstm) std::memcpy(a.dc0 + k * BH, carry_c[d].data() + fin * BH, BH * sizeof(T));
+      std::memcpy(a.dh0 + k * BH, carry_h[d] + fin * BH, BH * sizeof(T));
+      if (lstm) std::memcpy(a.dc0 + k * BH, carry_c[d] + fin * BH, BH * sizeof(T));
     }
 
     // 2. everything that is not sequential, as GEMMs over all T*B rows

@@ -1,6 +1,6 @@
 """The cache of large kernel buffers (training caches, backward's gate gradients, scratch).
 
-Buffers of 1 MiB and more are not returned to the operating system when a call ends: the next
+Buffers of 64 KiB and more are not returned to the operating system when a call ends: the next
 call of the same shape reuses them instead of faulting fresh memory in. The cache never makes
 the process hold more than the most such memory it has had in use at once (see
 cpp/src/buffer.cpp). Turn it off with FASTRNN_BUFFER_CACHE=0 in the environment or

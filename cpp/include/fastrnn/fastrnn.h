@@ -67,7 +67,7 @@ struct LayerGrads {            // accumulated into; biases null when there are n
   T* w_ih; T* w_hh; T* b_ih; T* b_hh;
 };
 
-// 64-byte aligned, uninitialised buffer. From 1 MiB up, released buffers are kept for reuse
+// 64-byte aligned, uninitialised buffer. From 64 KiB up, released buffers are kept for reuse
 // by later calls; from 8 MiB (training caches, backward's gate gradients) they are also 2 MiB
 // aligned and offered to transparent huge pages (cpp/src/buffer.cpp).
 template <typename T>
