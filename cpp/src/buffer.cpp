@@ -41,9 +41,9 @@ constexpr size_t kHugeBytes = size_t(8) << 20;
 // sgemm_beta). Smaller buffers fared no better: from glibc's mmap threshold (128 KiB until a
 // freed mapped block raises it) malloc maps them afresh, and heap memory above its trim
 // threshold goes back to the system on free; LSTM forward+backward at T=100, B=1, H=128 took
-// 168 000 page faults per 200 calls, 40% of the time. The kernels request each call's
-// buffers in the same sizes every call (recurrent.cpp: DirectionScratch), so that the cache
-// hands every request the block an earlier call released.
+// 168 000 page faults per 200 calls, about a third of the time. The kernels request each
+// call's buffers in the same sizes every call (recurrent.cpp: DirectionScratch), so that the
+// cache hands every request the block an earlier call released.
 constexpr size_t kCacheBytes = size_t(64) << 10;
 constexpr size_t kPage = 4096;
 
