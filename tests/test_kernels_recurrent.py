@@ -254,7 +254,8 @@ def test_large_batch_small_hidden(dtype, threads):
 # The input projection runs in row blocks of ~128 KiB of x (24 rows at I = 600 in float64):
 # inside the time loop's team (H = 70, every thread has units) or, for a loop too small to
 # split (H = 13: B*G*H*H < 2^13 per step), as blocks shared by all threads before it.
-@pytest.mark.parametrize("size", [(40, 8, 600, 13), (12, 8, 600, 70)], ids=["blocks-before-loop", "blocks-in-loop"])
+@pytest.mark.parametrize("size", [(40, 8, 600, 13), (12, 8, 600, 70)],
+                         ids=["blocks-before-loop", "blocks-in-loop"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
 def test_input_projection_row_blocks(mode, dtype, size, threads):
