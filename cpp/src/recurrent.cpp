@@ -1,9 +1,10 @@
 // Recurrent layers: the time-loop driver (layer x direction x time), forward and BPTT.
 // Shapes and cache layout: see the GENERAL NOTES in fastrnn/fastrnn.h.
 //
-// Per layer:  1. input projection for all T steps as ONE GEMM per direction
-//                (T*B, I_l) x (I_l, G*H), written straight into the gates cache;
-//             2. the recurrence in one persistent OpenMP region: per step each thread
+// Per layer:  1. input projection for all T steps, (T*B, I_l) x (I_l, G*H), written straight
+//                into the gates cache: at the start of the time loop's region, each thread for
+//                its own units' gate columns, with the panel kernel on packed w_ih (no BLAS);
+//             2. the recurrence in the same persistent OpenMP region: per step each thread
 //                multiplies h by its packed slice of w_hh (own SIMD kernel, no BLAS) and runs
 //                the fused pointwise cell update of its units; one barrier per step; the two
 //                directions run on separate threads;
