@@ -6,8 +6,9 @@
 //                its own units' gate columns, with the panel kernel on packed w_ih (no BLAS);
 //             2. the recurrence in the same persistent OpenMP region: per step each thread
 //                multiplies h by its packed slice of w_hh (own SIMD kernel, no BLAS) and runs
-//                the fused pointwise cell update of its units; one barrier per step; the two
-//                directions run on separate threads;
+//                the fused pointwise cell update of its units; one barrier per step where
+//                a direction is split between threads; the two directions run on separate
+//                threads;
 //             3. backward: the reverse loop produces dG for every step, then the weight
 //                gradients and dx are single GEMMs over all steps:
 //                dW_ih += dG^T X,  dW_hh += dG^T H_prev,  dX = dG W_ih.
@@ -74,7 +75,8 @@ struct Zeros {  // a shared zero vector standing in for absent biases / states
 // ---- the persistent time loop -------------------------------------------------------------
 // Each thread owns a range of hidden units of one direction, with all G gate rows of w_hh for
 // them, for the whole sequence: its slice of w_hh stays in its own cache, the cell update of
-// its units needs nothing from other threads, and one barrier per step publishes the new h.
+// its units needs nothing from other threads, and one barrier per step publishes the new h
+// (none where no direction has more than one thread).
 // No BLAS call happens inside. Ranges are cut on whole SIMD vectors (nr / 2 units), not whole
 // panels, so an odd H splits evenly: H = 333 on two threads is 176 + 157 units, 5.5 + 5
 // panels of 32 (a last panel of one vector costs half), where cutting on panels gave 5 + 6.
@@ -92,6 +94,10 @@ inline int64_t unit_vectors(int64_t H, int64_t nr) { return (H + nr / 2 - 1) / (
 struct Plan {
   std::vector<std::vector<Slice>> of_thread;
   int64_t panels = 0;  // packed panels per direction (the most that any direction holds)
+  // Some direction is split between threads, so its steps need the barrier. Otherwise (one
+  // thread per direction: a bidirectional layer on two threads) the threads share nothing
+  // within the loop and run without it.
+  bool shared = false;
 };
 
 // Which slices each of nt threads owns. Two directions and >= 2 threads: the team is split
@@ -120,6 +126,10 @@ Plan plan_threads(int64_t D, int64_t H, int64_t nr, int nt) {
       for (int64_t d = 0; d < D; ++d) add(t, d, t, nt);
   }
   plan.panels = *std::max_element(used.begin(), used.end());
+  std::vector<int> owners(D, 0);
+  for (const auto& own : plan.of_thread)
+    for (const Slice& sl : own)
+      if (sl.u0 < sl.u1) plan.shared |= ++owners[sl.d] > 1;
   return plan;
 }
 
@@ -411,7 +421,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             sa.active = active.empty() ? nullptr : active.data() + t * B;
             fwd(sa);
           }
-          barrier.wait();
+          if (plan.shared) barrier.wait();
         }
       });
     }
@@ -513,7 +523,7 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
           ba.active = active.empty() ? nullptr : active.data() + t * B;
           bwd(ba);
         }
-        barrier.wait();
+        if (plan.shared) barrier.wait();
         for (const Slice& sl : plan.of_thread[tid]) {
           const int64_t d = sl.d;
           const int64_t t = d == 0 ? step : T_ - 1 - step;
