@@ -402,11 +402,16 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
             T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
             T* gh = gh_scratch[d];
-            // gh[:, g*H + units] = h_prev @ w_hh[g*H + units]^T for this thread's units
-            for (int64_t g = 0; g < G; ++g)
-              for (int64_t p = 0; p < sl.panels(nr); ++p)
-                kern.panel(B, H, hbuf + ps * BH, H, packed[d] + (g * P + sl.p0 + p) * H * nr,
-                           gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
+            // gh[:, g*H + units] = h_prev @ w_hh[g*H + units]^T for this thread's units. Odd
+            // steps walk the panels backwards: the first panels a step reads are the last the
+            // step before read, still in L1 (each panel's sums are its own, so the order does
+            // not change a result).
+            const int64_t np = sl.panels(nr), n_panels = G * np;
+            for (int64_t j = 0; j < n_panels; ++j) {
+              const int64_t q = (step & 1) ? n_panels - 1 - j : j, g = q / np, p = q % np;
+              kern.panel(B, H, hbuf + ps * BH, H, packed[d] + (g * P + sl.p0 + p) * H * nr,
+                         gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
+            }
             const int64_t u0 = sl.u0, u1 = sl.u1;
             StepArgs<T> sa{};
             sa.rows = B; sa.n = u1 - u0; sa.H = H;
@@ -654,13 +659,20 @@ void cell_step(Mode mode, int64_t B, int64_t I, int64_t H, const T* x, const T* 
     alignas(64) T gates_stack[kCellStackScratch];
     T* gx = gates_on_heap ? gates_shared : gates_stack;
     T* gh = gx + B * GH;
-    if (small)
-      for (int g = 0; g < G; ++g) {
+    if (small) {
+      // Every other call on a thread walks the products backwards, so the first one it reads
+      // is the last one the call before read, still in L1 (each product is its own; the
+      // order changes no result).
+      thread_local bool backwards = false;
+      backwards = !backwards;
+      for (int j = 0; j < 2 * G; ++j) {
+        const int q = backwards ? 2 * G - 1 - j : j, g = q / 2;
         const int64_t r0 = g * H + u0;  // first row of this gate block in w_ih / w_hh
-        kern->gemm_nt_small(B, n, I, x, I, w.w_ih + r0 * I, I, gx + r0, GH);
-        if (h) kern->gemm_nt_small(B, n, H, h, H, w.w_hh + r0 * H, H, gh + r0, GH);
+        if (q % 2 == 0) kern->gemm_nt_small(B, n, I, x, I, w.w_ih + r0 * I, I, gx + r0, GH);
+        else if (h) kern->gemm_nt_small(B, n, H, h, H, w.w_hh + r0 * H, H, gh + r0, GH);
         else for (int64_t b = 0; b < B; ++b) std::memset(gh + b * GH + r0, 0, sizeof(T) * n);
       }
+    }
     StepArgs<T> sa{};
     sa.rows = B; sa.n = n; sa.H = H;
     sa.gx = gx + u0; sa.ldgx = GH; sa.gh = gh + u0; sa.ldgh = GH;
