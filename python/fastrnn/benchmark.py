@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import math
 import statistics
 import sys
 import time
@@ -56,11 +57,12 @@ def _try_torch():
     return torch
 
 
-def _alternate(fns: dict, min_runs: int, budget: float) -> tuple[dict, dict]:
+def _alternate(fns: dict, min_runs: int, budget: float, settle: float = 0.0) -> tuple[dict, dict]:
     """Time each callable alternately; one warm-up each, then rounds until `min_runs` rounds
     are done and the time budget is spent (or 50 rounds). Rows whose warm-up round alone takes
     over half a second get two timed rounds, so that the whole grid stays within a couple of
-    minutes. Returns (medians, run counts)."""
+    minutes. `settle` seconds of sleep (untimed) precede each timed call. Returns (medians,
+    run counts)."""
     t0 = time.perf_counter()
     for fn in fns.values():
         fn()
@@ -71,6 +73,8 @@ def _alternate(fns: dict, min_runs: int, budget: float) -> tuple[dict, dict]:
     rounds = 0
     while rounds < min_runs or (time.perf_counter() - start < budget and rounds < 50):
         for k, fn in fns.items():
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -78,10 +82,17 @@ def _alternate(fns: dict, min_runs: int, budget: float) -> tuple[dict, dict]:
     return {k: statistics.median(v) for k, v in times.items()}, {k: len(v) for k, v in times.items()}
 
 
+# NumPy's OpenBLAS keeps its worker threads spinning for 2^28 cycles (about 0.1 s) after each
+# threaded call (fastrnn sets a short timeout for its own copy only). Measured: an RNN forward
+# at 100x1x128x128 took 116-163 us per call right after a NumPy matmul and 56-67 us after a
+# 0.3 s pause. Sleeping this long after the reference lets those threads go idle.
+NUMPY_BLAS_SETTLE_S = 0.3
+
+
 def _timed(fns: dict, min_runs: int, budget: float, time_fn=None) -> tuple[dict, dict]:
-    """fastrnn and PyTorch alternate; the NumPy reference is timed after them, on its own:
-    NumPy's OpenBLAS leaves its worker threads spinning for a while after each call, which
-    would steal a core from whichever backend runs next."""
+    """fastrnn and PyTorch alternate; the NumPy reference is timed after them, on its own, and
+    followed by a pause: NumPy's OpenBLAS leaves its worker threads spinning for a while after
+    each call, which would steal a core from whichever backend runs next (in the next row)."""
     time_fn = time_fn or _alternate
     ref = {k: fns.pop(k) for k in list(fns) if k == "reference"}
     med, runs = time_fn(fns, min_runs, budget)
@@ -89,6 +100,7 @@ def _timed(fns: dict, min_runs: int, budget: float, time_fn=None) -> tuple[dict,
         m2, r2 = time_fn(ref, min_runs, budget)
         med.update(m2)
         runs.update(r2)
+        time.sleep(NUMPY_BLAS_SETTLE_S)
     return med, runs
 
 
@@ -178,12 +190,29 @@ def _cell_fns(cell, shape, dtype, backends, torch):
     return fns
 
 
+# A batch of cell calls lasts about this long (a loop of steps as users write it), and starts
+# after a pause: PyTorch's OpenMP threads spin for a few milliseconds after its calls and take
+# the core of fastrnn's helper thread, and NumPy's BLAS threads do the same. Measured, LSTM
+# I=H=128 steps in blocks of 3000 calls right after 300 PyTorch steps: 5.0 us per call with no
+# pause, 5.5 after 1 ms, 3.6 after 5 ms, 3.4 after 20 ms, 3.3 after 50 ms (3.4 with no PyTorch
+# calls at all, in the same minutes). With batches of 200 calls and no pause it read 4-28 us.
+CELL_BATCH_S = 0.01
+CELL_SETTLE_S = 0.02
+
+
 def _time_cell(fns, budget):
-    """Per-call time of tiny calls: batches of 200 calls, alternating, median per call."""
-    batch = 200
-    looped = {k: (lambda fn=fn: [fn() for _ in range(batch)]) for k, fn in fns.items()}
-    med, runs = _alternate(looped, min_runs=5, budget=budget)
-    return {k: v / batch for k, v in med.items()}, {k: runs[k] * batch for k in runs}
+    """Per-call time of tiny calls: batches of calls (~CELL_BATCH_S each), alternating, median
+    per call."""
+    batch = {}
+    for k, fn in fns.items():  # calibrate: calls per batch from 200 calls
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(200):
+            fn()
+        batch[k] = max(200, math.ceil(CELL_BATCH_S / max((time.perf_counter() - t0) / 200, 1e-9)))
+    looped = {k: (lambda fn=fn, n=batch[k]: [fn() for _ in range(n)]) for k, fn in fns.items()}
+    med, runs = _alternate(looped, min_runs=5, budget=budget, settle=CELL_SETTLE_S)
+    return {k: v / batch[k] for k, v in med.items()}, {k: runs[k] * batch[k] for k in runs}
 
 
 def _sdpa_fns(shape, dtype, mode, backends, torch):
