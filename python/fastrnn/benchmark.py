@@ -11,9 +11,9 @@ FLOPs of one recurrent layer: 2*T*B*(I+H)*G*H forward, 3x that forward+backward.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
-import math
 import statistics
 import sys
 import time
