@@ -31,7 +31,8 @@ constexpr auto kSpin = std::chrono::microseconds(200);
 class PairHelper {
  public:
   void run(void (*part)(const void*, int), const void* job, size_t bytes) {
-    if (busy_.exchange(true, std::memory_order_acquire)) {  // another caller has the helper
+    // a job too big for the helper's copy, or another caller has the helper: both parts here
+    if (bytes > kPairJobBytes || busy_.exchange(true, std::memory_order_acquire)) {
       part(job, 0);
       part(job, 1);
       return;

@@ -14,7 +14,8 @@ namespace fastrnn {
 constexpr size_t kPairJobBytes = 256;
 
 // Runs part(job, 0) on the caller and part(copy, 1) on the helper thread, where copy holds
-// the `bytes` bytes of *job copied next to the helper's wake-up flag. Whoever comes first
+// the `bytes` bytes of *job copied next to the helper's wake-up flag (a job of more than
+// kPairJobBytes runs both parts on the caller). Whoever comes first
 // takes part 1: if the helper has not claimed it by the time part 0 is done (it is asleep,
 // descheduled, or a concurrent call holds it), the caller runs it too, so a call never waits
 // on a thread that has not started. Returns after both parts are done; part must not throw.
