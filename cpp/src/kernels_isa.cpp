@@ -397,13 +397,31 @@ inline void panel_rows(int64_t i0, int64_t K, const T* A, int64_t lda, const T* 
 // The k split (U) depends on the row count only, never on NV: a unit's sum is added in the
 // same order whichever panel width it falls in, so results do not depend on how the units are
 // cut between threads (a one-vector panel at MR = 1 runs 4 chains rather than 8).
+//
+// With 32 registers (kMR = 8) the rows past the whole blocks of 8 take one more pass over the
+// panel, not two: 4..7 of them run as one block, and 1..3 join the last block of 8 (9..11
+// rows, at most 22 accumulators). Each pass streams the whole panel, and a pass over 1..3 rows
+// runs at ~2/3 of the rate of a block (B = 17 at H = 333: 8 + 8 + 1 rows -> 8 + 9).
 template <typename T, int NV>
 void panel_nv(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t ncols,
               bool accumulate) {
   int64_t i = 0;
-  for (; i + kMR <= M; i += kMR) panel_rows<T, kMR, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
-  if constexpr (kMR == 8)
-    if (i + 4 <= M) { panel_rows<T, 4, 2, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); i += 4; }
+  if constexpr (kMR == 8) {
+    const int64_t rest = M % 8, blocks = M / 8 - (M > 8 && rest < 4 && rest > 0 ? 1 : 0);
+    for (; i < blocks * 8; i += 8) panel_rows<T, 8, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
+    switch (M - i) {
+      case 11: panel_rows<T, 11, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); return;
+      case 10: panel_rows<T, 10, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); return;
+      case 9: panel_rows<T, 9, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); return;
+      case 7: panel_rows<T, 7, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); return;
+      case 6: panel_rows<T, 6, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); return;
+      case 5: panel_rows<T, 5, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); return;
+      case 4: panel_rows<T, 4, 2, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); return;
+      default: break;
+    }
+  } else {
+    for (; i + kMR <= M; i += kMR) panel_rows<T, kMR, 1, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate);
+  }
   switch (M - i) {
     case 3: panel_rows<T, 3, 2, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
     case 2: panel_rows<T, 2, 3, NV>(i, K, A, lda, Bp, C, ldc, ncols, accumulate); break;
