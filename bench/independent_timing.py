@@ -53,6 +53,14 @@ Targets (PASS/FAIL per row)
 * GRU and RNN, both modes: >= 5x at B=1, >= 2x otherwise.
 * Cell steps at B=1, I=H=128: fastrnn per-call time <= 3 us (absolute).
 * Other cell-step shapes: reported only ("-").
+* The ceiling clause: a recurrent row that misses its ratio still passes ("PASS*") when
+  fastrnn is no slower than PyTorch and reaches >= 90% (forward) / >= 85%
+  (forward+backward) of this run's SGEMM rate. fastrnn's GFLOP/s count
+  2*T*B*(I+H)*G*H per forward (G = 4 LSTM, 3 GRU, 1 RNN) and 3x that per
+  forward+backward. The SGEMM rate is the median of 2048^3 float32 products timed through
+  NumPy's matmul (NumPy's wheels ship OpenBLAS, the BLAS that fastrnn bundles) at the
+  start, before every recurrent row and at the end; a row's verdict uses the median of
+  the whole run, so it is final only in the summary (the rows show the rate so far).
 
 Exit status: 0 if all rows with a target pass, 1 if any row fails, 2 if the
 two libraries disagree numerically (or torch/fastrnn is missing).
@@ -100,6 +108,14 @@ QUICK_CELL = [CELL_TARGET_SHAPE]
 
 MIN_SAMPLE_SECONDS = 0.020
 
+# The ceiling clause: fractions of the SGEMM rate, and that rate's problem size.
+CEILING_FRACTION = {"forward": 0.90, "forward+backward": 0.85}
+SGEMM_N = 2048
+# NumPy's OpenBLAS threads spin for ~0.1 s after a threaded call and would steal the cores
+# of whatever is timed next.
+BLAS_SETTLE_S = 0.3
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
 FR_LAYERS = {"rnn": fr.RNN, "gru": fr.GRU, "lstm": fr.LSTM}
 FR_CELLS = {"rnn": fr.RNNCell, "gru": fr.GRUCell, "lstm": fr.LSTMCell}
 TORCH_LAYERS = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
@@ -115,6 +131,46 @@ def recurrent_target(cell, batch):
             return 3.0
         return 1.5 if batch <= 32 else 1.0
     return 5.0 if batch == 1 else 2.0
+
+
+def recurrent_flops(cell, mode, shape):
+    T, B, I, H = shape
+    fwd = 2.0 * T * B * (I + H) * GATES[cell] * H
+    return fwd if mode == "forward" else 3.0 * fwd
+
+
+def verdict(row, sgemm):
+    """PASS / PASS* (the ceiling clause) / FAIL of a recurrent row against an SGEMM rate."""
+    if row["ratio"] >= row["target_ratio"]:
+        return "PASS"
+    row["pct_gemm"] = row["gflops"] / sgemm
+    if row["ratio"] >= 1.0 and row["pct_gemm"] >= CEILING_FRACTION[row["mode"]]:
+        return "PASS*"
+    return "FAIL"
+
+
+class SgemmRate:
+    """The machine's SGEMM GFLOP/s through NumPy's BLAS, sampled throughout the run."""
+
+    def __init__(self, n=SGEMM_N):
+        rng = np.random.default_rng(7)
+        self.a = rng.standard_normal((n, n)).astype(np.float32)
+        self.b = rng.standard_normal((n, n)).astype(np.float32)
+        self.flops = 2.0 * n ** 3
+        self.samples = []
+        self.a @ self.b  # warm-up: threads started, pages touched
+
+    def sample(self, runs=3):
+        ts = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self.a @ self.b
+            ts.append(time.perf_counter() - t0)
+        self.samples.append(self.flops / statistics.median(ts) / 1e9)
+        time.sleep(BLAS_SETTLE_S)
+
+    def median(self):
+        return statistics.median(self.samples)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -295,13 +351,12 @@ def recurrent_row(cell, mode, shape, args):
         err = check_close("%s %s %s" % (cell, mode, shape), pairs, args.rtol)
 
     f_med, t_med, n = time_pair(run_fast, run_torch, args.budget, args.samples)
-    ratio = t_med / f_med
     target = recurrent_target(cell, B)
     return {
         "kind": "recurrent", "shape": list(shape), "shape_desc": "T=%d B=%d I=%d H=%d" % tuple(shape),
-        "cell": cell, "mode": mode, "fastrnn_s": f_med, "torch_s": t_med, "ratio": ratio,
-        "samples": n, "max_rel_err": err,
-        "target": ">=%gx" % target, "status": "PASS" if ratio >= target else "FAIL",
+        "cell": cell, "mode": mode, "fastrnn_s": f_med, "torch_s": t_med, "ratio": t_med / f_med,
+        "samples": n, "max_rel_err": err, "gflops": recurrent_flops(cell, mode, shape) / f_med / 1e9,
+        "target": ">=%gx" % target, "target_ratio": target,
     }
 
 
@@ -362,7 +417,7 @@ def fmt_time(s):
 
 
 COLUMNS = [("shape", 24), ("cell", 5), ("mode", 17), ("fastrnn", 11), ("torch", 11),
-           ("ratio", 8), ("target", 8), ("result", 6)]
+           ("ratio", 8), ("% gemm", 7), ("target", 8), ("result", 6)]
 
 
 def print_header():
@@ -372,8 +427,9 @@ def print_header():
 
 
 def print_row(r):
+    pct = "%.0f%%" % (100 * r["gflops"] / r["sgemm_so_far"]) if "gflops" in r else "-"
     cells = [r["shape_desc"], r["cell"], r["mode"], fmt_time(r["fastrnn_s"]),
-             fmt_time(r["torch_s"]), "%.2fx" % r["ratio"], r["target"], r["status"]]
+             fmt_time(r["torch_s"]), "%.2fx" % r["ratio"], pct, r["target"], r["status"]]
     print("  ".join(str(v).ljust(w) for v, (_, w) in zip(cells, COLUMNS)), flush=True)
 
 
@@ -457,13 +513,34 @@ def main(argv=None):
     rows = []
     t_start = time.perf_counter()
     if args.only in (None, "recurrent"):
+        sgemm = SgemmRate()
+        sgemm.sample()
         for shape in recurrent_shapes:
             for cell in cells:
                 for mode in modes:
+                    sgemm.sample()
                     r = recurrent_row(cell, mode, shape, args)
                     r["held_out"] = shape not in [list(s) for s in grid["recurrent"]]
+                    r["sgemm_so_far"] = sgemm.median()
+                    r["status"] = verdict(r, r["sgemm_so_far"])
                     rows.append(r)
                     print_row(r)
+        sgemm.sample()
+        # the verdicts against the rate of the whole run
+        rate = sgemm.median()
+        info["sgemm_gflops"] = {"median": rate, "min": min(sgemm.samples), "max": max(sgemm.samples),
+                                "samples": sgemm.samples, "n": SGEMM_N, "via": "numpy.matmul"}
+        print()
+        print("SGEMM %d^3 float32 through NumPy's BLAS: median %.0f GFLOP/s of %d samples "
+              "(min %.0f, max %.0f)" % (SGEMM_N, rate, len(sgemm.samples), min(sgemm.samples),
+                                        max(sgemm.samples)))
+        for r in rows:
+            status = verdict(r, rate)
+            r["pct_gemm"] = r["gflops"] / rate
+            if status != r["status"]:
+                print("  against the run's median: %s %s %s now %s (%.0f%% of SGEMM)" % (
+                    r["cell"], r["mode"], r["shape_desc"], status, 100 * r["pct_gemm"]))
+            r["status"] = status
     if args.only in (None, "cell"):
         for shape in cell_shapes:
             for cell in cells:
@@ -471,17 +548,20 @@ def main(argv=None):
                 rows.append(r)
                 print_row(r)
 
-    n_pass = sum(r["status"] == "PASS" for r in rows)
+    n_pass = sum(r["status"] in ("PASS", "PASS*") for r in rows)
+    n_ceiling = sum(r["status"] == "PASS*" for r in rows)
     n_fail = sum(r["status"] == "FAIL" for r in rows)
     n_info = sum(r["status"] == "info" for r in rows)
     print()
-    print("summary: %d rows, %d PASS, %d FAIL, %d report-only (%.1f s wall)" % (
-        len(rows), n_pass, n_fail, n_info, time.perf_counter() - t_start))
+    print("summary: %d rows, %d PASS (%d of them by the ceiling clause, PASS*), %d FAIL, "
+          "%d report-only (%.1f s wall)" % (len(rows), n_pass, n_ceiling, n_fail, n_info,
+                                            time.perf_counter() - t_start))
     for r in rows:
         if r["status"] == "FAIL":
-            print("  FAIL: %s %s %s ratio %.2fx fastrnn %s (target %s)" % (
+            pct = " %.0f%% of SGEMM" % (100 * r["pct_gemm"]) if "pct_gemm" in r else ""
+            print("  FAIL: %s %s %s ratio %.2fx fastrnn %s%s (target %s)" % (
                 r["cell"], r["mode"], r["shape_desc"], r["ratio"], fmt_time(r["fastrnn_s"]),
-                r["target"]))
+                pct, r["target"]))
 
     if args.json:
         with open(args.json, "w") as f:
