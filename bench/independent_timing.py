@@ -61,6 +61,8 @@ Targets (PASS/FAIL per row)
   NumPy's matmul (NumPy's wheels ship OpenBLAS, the BLAS that fastrnn bundles) at the
   start, before every recurrent row and at the end; a row's verdict uses the median of
   the whole run, so it is final only in the summary (the rows show the rate so far).
+  NumPy's BLAS runs at its own thread count (all CPUs unless OPENBLAS_NUM_THREADS says
+  otherwise): with --threads below that, set OPENBLAS_NUM_THREADS to match.
 
 Exit status: 0 if all rows with a target pass, 1 if any row fails, 2 if the
 two libraries disagree numerically (or torch/fastrnn is missing).
@@ -531,9 +533,10 @@ def main(argv=None):
         info["sgemm_gflops"] = {"median": rate, "min": min(sgemm.samples), "max": max(sgemm.samples),
                                 "samples": sgemm.samples, "n": SGEMM_N, "via": "numpy.matmul"}
         print()
-        print("SGEMM %d^3 float32 through NumPy's BLAS: median %.0f GFLOP/s of %d samples "
-              "(min %.0f, max %.0f)" % (SGEMM_N, rate, len(sgemm.samples), min(sgemm.samples),
-                                        max(sgemm.samples)))
+        print("SGEMM %d^3 float32 through NumPy's BLAS (OPENBLAS_NUM_THREADS=%s): median %.0f "
+              "GFLOP/s of %d samples (min %.0f, max %.0f)" % (
+                  SGEMM_N, os.environ.get("OPENBLAS_NUM_THREADS", "unset"), rate, len(sgemm.samples),
+                  min(sgemm.samples), max(sgemm.samples)))
         for r in rows:
             status = verdict(r, rate)
             r["pct_gemm"] = r["gflops"] / rate
