@@ -532,6 +532,11 @@ THREAD_CASES = {  # mode, T, B, I, H, bidirectional
     "gru-parallel": ("gru", 3, 128, 20, 176, True),
     "lstm-parallel-short": ("lstm", 2, 64, 16, 128, False),
     "projection-blocks": ("lstm", 40, 8, 600, 13, False),  # 1 thread: in the loop; 2: before it
+    # B = 1 on 2 threads: the projection runs in row groups while a thread waits at the barrier;
+    # T = 233 at I = 77: two of the projection's row blocks (208 rows in float64), the second
+    # ending in a block of 9 rows
+    "lazy-projection": ("lstm", 233, 1, 77, 129, False),
+    "gru-lazy-projection": ("gru", 21, 1, 30, 64, False),
 }
 
 

@@ -39,15 +39,28 @@ class StepBarrier {
   // Every write a thread made before wait() is visible to every thread after it: the
   // arrivals form one release sequence on count_, and the last arrival publishes it through
   // gen_ (release) to the waiters (acquire).
-  void wait() {
-    if (n_ <= 1) return;
+  void wait() { wait(arrive()); }
+
+  // The same in two halves, for a thread with other work to do while the others arrive:
+  // arrive(), then work that touches nothing the others write before this barrier or read
+  // after it, checking passed() between pieces, then wait().
+  struct Ticket {
+    uint32_t gen;
+    bool last;  // the last arrival: the barrier is already passed
+  };
+  Ticket arrive() {
+    if (n_ <= 1) return {0, true};
     const uint32_t gen = gen_.load(std::memory_order_acquire);
     if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
       count_.store(0, std::memory_order_relaxed);
       gen_.store(gen + 1, std::memory_order_release);
-      return;
+      return {gen, true};
     }
-    spin_until([&] { return gen_.load(std::memory_order_acquire) != gen; });
+    return {gen, false};
+  }
+  bool passed(const Ticket& t) const { return t.last || gen_.load(std::memory_order_acquire) != t.gen; }
+  void wait(const Ticket& t) const {
+    if (!t.last) spin_until([&] { return gen_.load(std::memory_order_acquire) != t.gen; });
   }
 
  private:

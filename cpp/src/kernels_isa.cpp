@@ -402,6 +402,8 @@ inline void panel_rows(int64_t i0, int64_t K, const T* A, int64_t lda, const T* 
 // panel, not two: 4..7 of them run as one block, and 1..3 join the last block of 8 (9..11
 // rows, at most 22 accumulators). Each pass streams the whole panel, and a pass over 1..3 rows
 // runs at ~2/3 of the rate of a block (B = 17 at H = 333: 8 + 8 + 1 rows -> 8 + 9).
+// So the blocks are 8 rows from the top and then the last 8..15 rows blocked on their own,
+// which the lazy input projection of recurrent.cpp relies on to sum in the same order.
 template <typename T, int NV>
 void panel_nv(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t ncols,
               bool accumulate) {

@@ -308,6 +308,11 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
   // every thread; otherwise (a loop too small to split over all of them) all threads take
   // blocks of rows before the region.
   const bool project_inside = nt >= threads;
+  // At B = 1 a step is too short for its threads to arrive at the barrier together, and each
+  // thread waits there for part of every step. There it runs its own units' input projection,
+  // piece by piece, a little ahead of the steps that read it, rather than all of it before
+  // the first step (one direction split between threads; see the time loop below).
+  const bool lazy_projection = project_inside && D == 1 && B == 1 && nt > 1;
   std::vector<Slice> all_slices;
   for (const auto& own : plan.of_thread) all_slices.insert(all_slices.end(), own.begin(), own.end());
   std::vector<DirectionScratch<T>> scratch;
@@ -386,11 +391,34 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         // 1. input projection of the chunk, gx = X w_ih^T ((s1 - s0) * B, G*H), each thread
         //    for the gate columns of its own units: the only ones its steps read, so no barrier
         //    stands between this and the first step
-        if (project_inside)
+        if (project_inside && !lazy_projection)
           for (const Slice& sl : plan.of_thread[tid])
             for (int64_t r0 = 0; r0 < M; r0 += R) project(sl, r0, std::min(R, M - r0));
+        // ... or lazily (B = 1, one direction, so one slice per thread and a row per step): in
+        // groups of rows, each group in pieces of one packed panel; the groups in step order,
+        // pieces run while the thread waits at the barrier, and a group a step needs that is
+        // not done yet runs in full before the step. The groups are the panel kernel's own
+        // row blocks in the whole-chunk projection: 8 rows from the top of each R-row block,
+        // and its last 8 to 15 rows as one group (which the kernel blocks as 8 + 1..7 or as one
+        // block of 9..11). So every sum runs in the same order as in the whole-chunk projection
+        // and results do not depend on the thread count.
+        const Slice& lsl = plan.of_thread[tid][0];
+        const int64_t l_np = lsl.panels(nr), l_pieces = lsl.u0 < lsl.u1 ? G * l_np : 0;
+        const int64_t l_tail0 = (M - 1) / R * R, l_tail = M - l_tail0;
+        const int64_t l_last = l_tail0 + 8 * std::max<int64_t>(0, l_tail / 8 - 1);  // last group's first row
+        const int64_t l_groups = lazy_projection && l_pieces > 0 ? l_last / 8 + 1 : 0;
+        int64_t l_ready = 0, l_piece = 0;  // groups [0, l_ready) done, and pieces of group l_ready
+        auto project_piece = [&] {
+          const int64_t r0 = 8 * l_ready, rows = (l_ready + 1 < l_groups ? r0 + 8 : M) - r0;
+          const int64_t g = l_piece / l_np, p = l_piece % l_np;
+          kern.panel(rows, I_l, X + t_lo(0) * I_l + r0 * I_l, I_l, packed_ih[0] + (g * P + lsl.p0 + p) * I_l * nr,
+                     gx_of(0) + r0 * ldgx + g * H + lsl.u0 + p * nr, ldgx, lsl.cols(p, nr), false);
+          if (++l_piece == l_pieces) { l_piece = 0; ++l_ready; }
+        };
         // 2. the recurrence over the chunk, one barrier per step
         for (int64_t step = s0; step < s1; ++step) {
+          if (l_groups)
+            while (l_ready <= std::min((step - s0) / 8, l_groups - 1)) project_piece();
           for (const Slice& sl : plan.of_thread[tid]) {
             if (sl.u0 == sl.u1) continue;
             const int64_t d = sl.d, k = l * D + d;
@@ -426,7 +454,11 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             sa.active = active.empty() ? nullptr : active.data() + t * B;
             fwd(sa);
           }
-          if (plan.shared) barrier.wait();
+          if (plan.shared) {
+            const StepBarrier::Ticket ticket = barrier.arrive();
+            while (l_ready < l_groups && !barrier.passed(ticket)) project_piece();
+            barrier.wait(ticket);
+          }
         }
       });
     }
