@@ -57,16 +57,19 @@ def _try_torch():
     return torch
 
 
-def _alternate(fns: dict, min_runs: int, budget: float, settle: float = 0.0) -> tuple[dict, dict]:
+def _alternate(fns: dict, min_runs: int, budget: float, settle: float = 0.0,
+               warm_up_s: float | None = None) -> tuple[dict, dict]:
     """Time each callable alternately; one warm-up each, then rounds until `min_runs` rounds
     are done and the time budget is spent (or 50 rounds). Rows whose warm-up round alone takes
     over half a second get two timed rounds, so that the whole grid stays within a couple of
-    minutes. `settle` seconds of sleep (untimed) precede each timed call. Returns (medians,
-    run counts)."""
-    t0 = time.perf_counter()
-    for fn in fns.values():
-        fn()
-    if time.perf_counter() - t0 > 0.5:
+    minutes. `settle` seconds of sleep (untimed) precede each timed call. `warm_up_s`: the
+    warm-up round already ran and took this long. Returns (medians, run counts)."""
+    if warm_up_s is None:
+        t0 = time.perf_counter()
+        for fn in fns.values():
+            fn()
+        warm_up_s = time.perf_counter() - t0
+    if warm_up_s > 0.5:
         min_runs, budget = 2, 0.0
     times = {k: [] for k in fns}
     start = time.perf_counter()
@@ -190,28 +193,55 @@ def _cell_fns(cell, shape, dtype, backends, torch):
     return fns
 
 
-# A batch of cell calls lasts about this long (a loop of steps as users write it), and starts
-# after a pause: PyTorch's OpenMP threads spin for a few milliseconds after its calls and take
-# the core of fastrnn's helper thread, and NumPy's BLAS threads do the same. Measured, LSTM
-# I=H=128 steps in blocks of 3000 calls right after 300 PyTorch steps: 5.0 us per call with no
+# Calls shorter than SHORT_CALL_S (cell steps, B=1 sequences, small attention) are timed in
+# batches lasting about BATCH_S (a loop of calls, as users write them), each after a pause of
+# SETTLE_S. One call at a time, right after the other library's call, measures a cold call:
+# the thread pools have gone to sleep and the caches hold the other library's data. Measured
+# at 100x1x128x128, one call at a time / batches: RNN forward+backward 393 / 192 us, forward
+# 96 / 76 us, LSTM forward 217 / 214 us (PyTorch 4.9 / 5.4 ms, 0.85 / 1.0 ms, 0.50 / 0.63 ms).
+# The pause: PyTorch's OpenMP threads spin for a few milliseconds after its calls and take the
+# core of fastrnn's helper thread, and NumPy's BLAS threads do the same. Measured, LSTM I=H=128
+# cell steps in blocks of 3000 calls right after 300 PyTorch steps: 5.0 us per call with no
 # pause, 5.5 after 1 ms, 3.6 after 5 ms, 3.4 after 20 ms, 3.3 after 50 ms (3.4 with no PyTorch
 # calls at all, in the same minutes). With batches of 200 calls and no pause it read 4-28 us.
-CELL_BATCH_S = 0.01
-CELL_SETTLE_S = 0.02
+SHORT_CALL_S = 0.002
+BATCH_S = 0.01
+SETTLE_S = 0.02
 
 
-def _time_cell(fns, budget):
-    """Per-call time of tiny calls: batches of calls (~CELL_BATCH_S each), alternating, median
-    per call."""
-    batch = {}
-    for k, fn in fns.items():  # calibrate: calls per batch from 200 calls
-        fn()
+def _time_batched(fns, min_runs, budget):
+    """Per-call time of short calls: batches of calls (~BATCH_S each; one call when a call is
+    longer), alternating, median per call. Rows where every backend's call takes SHORT_CALL_S or
+    more are timed one call at a time (_alternate)."""
+    first = {}
+    for k, fn in fns.items():  # the warm-up round, timed
         t0 = time.perf_counter()
-        for _ in range(200):
-            fn()
-        batch[k] = max(200, math.ceil(CELL_BATCH_S / max((time.perf_counter() - t0) / 200, 1e-9)))
+        fn()
+        first[k] = time.perf_counter() - t0
+    # (a first call also allocates and faults in its buffers: a long one may still be short
+    # later, so only rows far above the threshold skip the calibration below)
+    if min(first.values()) >= 10 * SHORT_CALL_S:
+        return _alternate(fns, min_runs, budget, warm_up_s=sum(first.values()))
+    # calls per batch from the faster of two calibrations, each after a pause: right after the
+    # other library's calls one estimate read an LSTM step at 217 us rather than 3, and gave
+    # batches of 46 calls (0.1 ms) that timed at 12 us per call
+    per_call = {}
+    for k, fn in fns.items():
+        per_call[k] = math.inf
+        for _ in range(2):
+            time.sleep(SETTLE_S)
+            n, t0 = 0, time.perf_counter()
+            while n == 0 or time.perf_counter() - t0 < SHORT_CALL_S:
+                fn()
+                n += 1
+            per_call[k] = min(per_call[k], (time.perf_counter() - t0) / n)
+    if min(per_call.values()) >= SHORT_CALL_S:
+        return _alternate(fns, min_runs, budget, warm_up_s=sum(first.values()))
+    batch = {k: max(1, math.ceil(BATCH_S / max(t, 1e-9))) for k, t in per_call.items()}
     looped = {k: (lambda fn=fn, n=batch[k]: [fn() for _ in range(n)]) for k, fn in fns.items()}
-    med, runs = _alternate(looped, min_runs=5, budget=budget, settle=CELL_SETTLE_S)
+    # seven batches each: the medians of batches are steady, and the grid stays well within two
+    # minutes
+    med, runs = _alternate(looped, min_runs=7, budget=0.0, settle=SETTLE_S)
     return {k: v / batch[k] for k, v in med.items()}, {k: runs[k] * batch[k] for k in runs}
 
 
@@ -298,19 +328,19 @@ def run(cells=None, shapes=None, threads=None, dtype="float32", modes=None, incl
             fns = _recurrent_fns(cell, shape, dtype, mode, use, torch)
             T, B, I, H = shape
             flops = 2.0 * T * B * (I + H) * GATES[cell] * H * (1 if mode == "forward" else 3)
-            med, runs = _timed(fns, 3, budget)
+            med, runs = _timed(fns, 3, budget, time_fn=_time_batched)
         elif kind == "cell_step":
             fns = _cell_fns(cell, shape, dtype, use, torch)
             B, I, H = shape
             flops = 2.0 * B * (I + H) * GATES[cell] * H
-            med, runs = _timed(fns, 5, budget / 2, time_fn=lambda f, m, b: _time_cell(f, b))
+            med, runs = _timed(fns, 5, budget / 2, time_fn=_time_batched)
         else:
             fns = _sdpa_fns(shape, dtype, mode, use, torch)
             if "fastrnn" not in fns:
                 bar.update(1)
                 continue
             flops = _sdpa_flops(shape, mode)
-            med, runs = _timed(fns, 3, budget)
+            med, runs = _timed(fns, 3, budget, time_fn=_time_batched)
         rows.append(Row(kind, cell, mode, list(shape), dtype, threads, med, runs, flops))
         bar.update(1)
     bar.close()
