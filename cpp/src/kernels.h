@@ -46,6 +46,12 @@ struct StepBackArgs {
 //   panel(M, K, A, lda, Bp, C, ldc, ncols, accumulate):
 //     C[:M, :ncols] (+)= A (M, K) @ Bp (K, nr)[:, :ncols]
 // A panel with ncols <= nr / 2 reads and multiplies only its first vector: it costs half.
+// The panel kernel blocks rows from the top in groups of this many (a multiple of every ISA
+// level's row block), and treats the last 8..15 rows of a call as one group. A call on a
+// group therefore sums each row in the same order as a call on the rows around it: the lazy
+// input projection of recurrent.cpp relies on it.
+constexpr int64_t kPanelRowGroup = 8;
+
 template <typename T>
 struct IsaKernels {
   void (*forward[4])(const StepArgs<T>&);      // indexed by Mode

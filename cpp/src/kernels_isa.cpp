@@ -377,7 +377,7 @@ inline void panel_rows(int64_t i0, int64_t K, const T* A, int64_t lda, const T* 
         b[v] = load(Bp + (k + u) * 2 * W + v * W);
         if constexpr (MR > 1) asm("" : "+v"(b[v]));  // load once for all rows, not per FMA
       }
-#pragma GCC unroll 8
+#pragma GCC unroll 16  // every row (up to 11): a loop left rolled keeps acc on the stack
       for (int r = 0; r < MR; ++r) {
         const V av = splat(a[r * lda + k + u]);
         for (int v = 0; v < NV; ++v) acc[u][r][v] += av * b[v];
@@ -402,8 +402,10 @@ inline void panel_rows(int64_t i0, int64_t K, const T* A, int64_t lda, const T* 
 // panel, not two: 4..7 of them run as one block, and 1..3 join the last block of 8 (9..11
 // rows, at most 22 accumulators). Each pass streams the whole panel, and a pass over 1..3 rows
 // runs at ~2/3 of the rate of a block (B = 17 at H = 333: 8 + 8 + 1 rows -> 8 + 9).
-// So the blocks are 8 rows from the top and then the last 8..15 rows blocked on their own,
-// which the lazy input projection of recurrent.cpp relies on to sum in the same order.
+// So the blocks are kPanelRowGroup (8) rows from the top, and then the last 8..15 rows blocked
+// on their own (8, 9..11 as one block, or 8 + 4..7), which the lazy input projection of
+// recurrent.cpp relies on to sum in the same order.
+static_assert(kPanelRowGroup == 8 && kPanelRowGroup % kMR == 0, "row groups of recurrent.cpp");
 template <typename T, int NV>
 void panel_nv(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t ncols,
               bool accumulate) {

@@ -398,18 +398,20 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         // groups of rows, each group in pieces of one packed panel; the groups in step order,
         // pieces run while the thread waits at the barrier, and a group a step needs that is
         // not done yet runs in full before the step. The groups are the panel kernel's own
-        // row blocks in the whole-chunk projection: 8 rows from the top of each R-row block,
-        // and its last 8 to 15 rows as one group (which the kernel blocks as 8 + 1..7 or as one
-        // block of 9..11). So every sum runs in the same order as in the whole-chunk projection
-        // and results do not depend on the thread count.
+        // row blocks in the whole-chunk projection (kernels.h, kPanelRowGroup): 8 rows from the
+        // top of each R-row block, and its last 8 to 15 rows as one group (which the kernel
+        // blocks as 8, as 9..11 at once, or as 8 + 4..7). So every sum runs in the same order
+        // as in the whole-chunk projection and results do not depend on the thread count.
+        constexpr int64_t RG = kPanelRowGroup;
+        static_assert(RG == 8, "projection_block_rows gives multiples of 8 rows");
         const Slice& lsl = plan.of_thread[tid][0];
         const int64_t l_np = lsl.panels(nr), l_pieces = lsl.u0 < lsl.u1 ? G * l_np : 0;
         const int64_t l_tail0 = (M - 1) / R * R, l_tail = M - l_tail0;
-        const int64_t l_last = l_tail0 + 8 * std::max<int64_t>(0, l_tail / 8 - 1);  // last group's first row
-        const int64_t l_groups = lazy_projection && l_pieces > 0 ? l_last / 8 + 1 : 0;
+        const int64_t l_last = l_tail0 + RG * std::max<int64_t>(0, l_tail / RG - 1);  // last group's first row
+        const int64_t l_groups = lazy_projection && l_pieces > 0 ? l_last / RG + 1 : 0;
         int64_t l_ready = 0, l_piece = 0;  // groups [0, l_ready) done, and pieces of group l_ready
         auto project_piece = [&] {
-          const int64_t r0 = 8 * l_ready, rows = (l_ready + 1 < l_groups ? r0 + 8 : M) - r0;
+          const int64_t r0 = RG * l_ready, rows = (l_ready + 1 < l_groups ? r0 + RG : M) - r0;
           const int64_t g = l_piece / l_np, p = l_piece % l_np;
           kern.panel(rows, I_l, X + t_lo(0) * I_l + r0 * I_l, I_l, packed_ih[0] + (g * P + lsl.p0 + p) * I_l * nr,
                      gx_of(0) + r0 * ldgx + g * H + lsl.u0 + p * nr, ldgx, lsl.cols(p, nr), false);
@@ -418,7 +420,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         // 2. the recurrence over the chunk, one barrier per step
         for (int64_t step = s0; step < s1; ++step) {
           if (l_groups)
-            while (l_ready <= std::min((step - s0) / 8, l_groups - 1)) project_piece();
+            while (l_ready <= std::min((step - s0) / RG, l_groups - 1)) project_piece();
           for (const Slice& sl : plan.of_thread[tid]) {
             if (sl.u0 == sl.u1) continue;
             const int64_t d = sl.d, k = l * D + d;
