@@ -46,12 +46,7 @@ struct StepBackArgs {
 //   panel(M, K, A, lda, Bp, C, ldc, ncols, accumulate):
 //     C[:M, :ncols] (+)= A (M, K) @ Bp (K, nr)[:, :ncols]
 // A panel with ncols <= nr / 2 reads and multiplies only its first vector: it costs half.
-// The panel kernel blocks rows from the top in groups of this many (a multiple of every ISA
-// level's row block), and treats the last 8..15 rows of a call as one group. A call on a
-// group therefore sums each row in the same order as a call on the rows around it: the lazy
-// input projection of recurrent.cpp relies on it.
-constexpr int64_t kPanelRowGroup = 8;
-
+// Its rows are blocked in groups of kPanelRowGroup (below).
 template <typename T>
 struct IsaKernels {
   void (*forward[4])(const StepArgs<T>&);      // indexed by Mode
@@ -66,6 +61,12 @@ struct IsaKernels {
   void (*gemm_nt_small)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W,
                         int64_t ldw, T* C, int64_t ldc);
 };
+
+// The panel kernel blocks rows from the top in groups of this many (a multiple of every ISA
+// level's row block), and treats the last 8..15 rows of a call as one group. A call on a
+// group therefore sums each row in the same order as a call on the rows around it: the lazy
+// input projection of recurrent.cpp relies on it.
+constexpr int64_t kPanelRowGroup = 8;
 
 const IsaKernels<float>& isa_kernels_f32();
 const IsaKernels<double>& isa_kernels_f64();
