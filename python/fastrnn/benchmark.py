@@ -57,6 +57,14 @@ def _try_torch():
     return torch
 
 
+def _pause(seconds):
+    """Wait without sleeping: an idle core can be handed to other work by the machine (a
+    virtual CPU is descheduled when its guest idles) and comes back with cold caches."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def _alternate(fns: dict, min_runs: int, budget: float, settle: float = 0.0,
                warm_up_s: float | None = None) -> tuple[dict, dict]:
     """Time each callable alternately; one warm-up each, then rounds until `min_runs` rounds
@@ -77,7 +85,7 @@ def _alternate(fns: dict, min_runs: int, budget: float, settle: float = 0.0,
     while rounds < min_runs or (time.perf_counter() - start < budget and rounds < 50):
         for k, fn in fns.items():
             if settle:
-                time.sleep(settle)
+                _pause(settle)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -211,8 +219,8 @@ SETTLE_S = 0.02
 
 def _time_batched(fns, min_runs, budget):
     """Per-call time of short calls: batches of calls (~BATCH_S each; one call when a call is
-    longer), alternating, median per call. Rows where every backend's call takes SHORT_CALL_S or
-    more are timed one call at a time (_alternate)."""
+    longer), alternating, median per call, for at least 7 rounds and half the budget. Rows where
+    every backend's call takes SHORT_CALL_S or more are timed one call at a time (_alternate)."""
     first = {}
     for k, fn in fns.items():  # the warm-up round, timed
         t0 = time.perf_counter()
@@ -222,14 +230,17 @@ def _time_batched(fns, min_runs, budget):
     # later, so only rows far above the threshold skip the calibration below)
     if min(first.values()) >= 10 * SHORT_CALL_S:
         return _alternate(fns, min_runs, budget, warm_up_s=sum(first.values()))
-    # calls per batch from the faster of two calibrations, each after a pause: right after the
-    # other library's calls one estimate read an LSTM step at 217 us rather than 3, and gave
-    # batches of 46 calls (0.1 ms) that timed at 12 us per call
+    # calls per batch from the faster of two calibrations, each after a pause and one untimed
+    # call: right after the other library's calls one estimate read an LSTM step at 217 us
+    # rather than 3, and gave batches of 46 calls (0.1 ms) that timed at 12 us per call; and the
+    # first call after a pause wakes sleeping threads (0.1-0.5 ms for a PyTorch GRU step, and
+    # milliseconds on a busy machine: batches of 2 calls then timed at 1-3 ms per call)
     per_call = {}
     for k, fn in fns.items():
         per_call[k] = math.inf
         for _ in range(2):
-            time.sleep(SETTLE_S)
+            _pause(SETTLE_S)
+            fn()
             n, t0 = 0, time.perf_counter()
             while n == 0 or time.perf_counter() - t0 < SHORT_CALL_S:
                 fn()
@@ -239,9 +250,9 @@ def _time_batched(fns, min_runs, budget):
         return _alternate(fns, min_runs, budget, warm_up_s=sum(first.values()))
     batch = {k: max(1, math.ceil(BATCH_S / max(t, 1e-9))) for k, t in per_call.items()}
     looped = {k: (lambda fn=fn, n=batch[k]: [fn() for _ in range(n)]) for k, fn in fns.items()}
-    # seven batches each: the medians of batches are steady, and the grid stays well within two
-    # minutes
-    med, runs = _alternate(looped, min_runs=7, budget=0.0, settle=SETTLE_S)
+    # at least seven batches each, more only for a budget above the default: a round of
+    # batches costs ~60 ms with its pauses, and the grid must stay well within two minutes
+    med, runs = _alternate(looped, min_runs=7, budget=budget / 2, settle=SETTLE_S)
     return {k: v / batch[k] for k, v in med.items()}, {k: runs[k] * batch[k] for k in runs}
 
 
