@@ -156,15 +156,20 @@ inline int64_t projection_block_rows(int64_t K, size_t elem) {
   return std::max<int64_t>(8, (int64_t(128) << 10) / std::max<int64_t>(1, K * int64_t(elem)) / 8 * 8);
 }
 
+// C[r0:r0+rows, columns of panel p of gate g of sl] = A[r0:r0+rows] (rows, K) @ those rows of w^T
+template <typename T>
+void project_panel(int64_t r0, int64_t rows, int64_t K, const T* A, const T* Wp, int64_t g, int64_t p, int64_t H,
+                   int64_t nr, const Slice& sl, int64_t P, T* C, int64_t ldc) {
+  isa_kernels<T>().panel(rows, K, A + r0 * K, K, Wp + (g * P + sl.p0 + p) * K * nr,
+                         C + r0 * ldc + g * H + sl.u0 + p * nr, ldc, sl.cols(p, nr), false);
+}
+
 // C[r0:r0+rows, g*H + units of sl] = A[r0:r0+rows] (rows, K) @ w[g*H + units]^T for every gate g
 template <typename T>
 void project_rows(int64_t r0, int64_t rows, int64_t K, const T* A, const T* Wp, int64_t G, int64_t H, int64_t nr,
                   const Slice& sl, int64_t P, T* C, int64_t ldc) {
-  const auto& kern = isa_kernels<T>();
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t p = 0; p < sl.panels(nr); ++p)
-      kern.panel(rows, K, A + r0 * K, K, Wp + (g * P + sl.p0 + p) * K * nr, C + r0 * ldc + g * H + sl.u0 + p * nr,
-                 ldc, sl.cols(p, nr), false);
+    for (int64_t p = 0; p < sl.panels(nr); ++p) project_panel(r0, rows, K, A, Wp, g, p, H, nr, sl, P, C, ldc);
 }
 
 // Backward packing: panel p of a slice = units u0 + p*nr .. +nr of dG @ w_hh, K = G*H:
@@ -416,9 +421,8 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         int64_t l_ready = 0, l_piece = 0;  // groups [0, l_ready) done, and pieces of group l_ready
         auto project_piece = [&] {
           const int64_t r0 = RG * l_ready, rows = (l_ready + 1 < l_groups ? r0 + RG : M) - r0;
-          const int64_t g = l_piece / l_np, p = l_piece % l_np;
-          kern.panel(rows, I_l, X + t_lo(0) * I_l + r0 * I_l, I_l, packed_ih[0] + (g * P + lsl.p0 + p) * I_l * nr,
-                     gx_of(0) + r0 * ldgx + g * H + lsl.u0 + p * nr, ldgx, lsl.cols(p, nr), false);
+          project_panel(r0, rows, I_l, X + t_lo(0) * B * I_l, packed_ih[0], l_piece / l_np, l_piece % l_np, H, nr,
+                        lsl, P, gx_of(0), ldgx);
           if (++l_piece == l_pieces) { l_piece = 0; ++l_ready; }
         };
         // 2. the recurrence over the chunk, one barrier per step
