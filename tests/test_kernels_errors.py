@@ -5,6 +5,8 @@ overflow raise ValueError/MemoryError; nothing crashes. Non-contiguous, Fortran-
 read-only inputs are accepted, give the results of contiguous ones and are never written to.
 NaN propagates; empty batches and empty sequences behave like the reference.
 """
+import importlib
+
 import numpy as np
 import pytest
 from helpers import assert_close
@@ -603,6 +605,47 @@ def test_functional_layouts(mode, kind):
         results.append([y, dx, yc] + flat(s) + flat(ds0) + flat(sc) + [g for e in grads for g in e])
     for i, (a, b) in enumerate(zip(*results)):
         assert np.array_equal(a, b), f"{mode} {kind}: result #{i} differs from the contiguous run"
+
+
+def _functional_run(mode, x, w, state, dy, grads):
+    kw = dict(num_layers=L, bidirectional=True)
+    y, s, cache = F.recurrent_forward(mode, x, w, state, **kw)
+    dx, ds0, grads = F.recurrent_backward(cache, dy, None, grads)
+    yc, sc = F.recurrent(mode, x, w, state, **kw)
+    return [y, dx, yc] + flat(s) + flat(ds0) + flat(sc) + [g for e in grads for g in e]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode", MODES)
+def test_direct_calls(mode, dtype, monkeypatch):
+    """The common call skips the Python checks and goes straight to the binding: the same
+    results, bit for bit, as the checked path; and what the binding refuses (here weights of
+    the other precision) still runs through the checked path's conversions."""
+    FR = importlib.import_module("fastrnn.functional.recurrent")  # the module (the package exports a function of that name)
+    w = [tuple(a.astype(dtype) for a in e) for e in weights_of(mode)]
+    x, dy = rand(T, B, I, dtype=dtype), rand(T, B, 2 * H, seed=3, dtype=dtype)
+    for state in (None, state_of(mode, (L * 2, B, H), seed=5, dtype=dtype)):
+        zeros = [tuple(np.zeros_like(a) for a in e) for e in w]
+        with monkeypatch.context() as m:  # the direct path alone: the checks would raise
+            def no_checks(*args, **kwargs):
+                raise AssertionError("the checked path ran")
+            m.setattr(FR, "prepare_recurrent", no_checks)
+            m.setattr(FR, "as_float_array", no_checks)
+            direct = _functional_run(mode, x, w, state, dy, [tuple(a.copy() for a in e) for e in zeros])
+            direct_new_grads = _functional_run(mode, x, w, state, dy, None)
+        with monkeypatch.context() as m:  # the checked path alone
+            m.setattr(FR, "_direct_forward", lambda *args: None)
+            m.setattr(FR, "_direct_backward", lambda *args: None)
+            checked = _functional_run(mode, x, w, state, dy, [tuple(a.copy() for a in e) for e in zeros])
+        for run in (direct_new_grads, checked):
+            for i, (a, b) in enumerate(zip(direct, run)):
+                assert a.dtype == dtype and np.array_equal(a, b), f"{mode}: result #{i} differs between paths"
+    other = np.float32 if dtype == np.float64 else np.float64
+    w_other = [tuple(a.astype(other) for a in e) for e in w]
+    y, s = F.recurrent(mode, x, w_other, num_layers=L, bidirectional=True)
+    y_ref, s_ref = F.recurrent(mode, x, [tuple(a.astype(other).astype(dtype) for a in e) for e in w_other],
+                               num_layers=L, bidirectional=True)
+    assert y.dtype == dtype and np.array_equal(y, y_ref)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -100,7 +100,9 @@ class _Recurrent(_Parametrized):
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name!r})"
 
     def _weights(self, table):
-        return [tuple(None if k is None else table[k] for k in keys) for keys in self._keys]
+        # (keys a, b, c, d: w_ih, w_hh, b_ih, b_hh; c and d None without biases)
+        return [(table[a], table[b], table[c], table[d]) if c is not None else (table[a], table[b], None, None)
+                for a, b, c, d in self._keys]
 
     def _dropout_masks(self, x):
         """L-1 keep-masks / (1 - p), (T, B, D*H) time-major, in the layer's dtype; None if no dropout."""
