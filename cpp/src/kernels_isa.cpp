@@ -621,24 +621,42 @@ inline void transpose_stage(typename Vec<T>::type* v) {
   if constexpr (2 * B < W) transpose_stage<T, 2 * B>(v);
 }
 
+// One block of W x W, transposed into a panel: out[(k0 + c) * nr + i0 + r] = Wr[(i0 + r) * ldw +
+// k0 + c] for r < nrow, and 0 for rows nrow..W-1 (the panel's zero padding).
+template <typename T>
+inline void pack_block(const T* Wr, int64_t ldw, int64_t i0, int nrow, int64_t k0, int64_t nr, T* out) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::lanes;
+  V v[W];
+  for (int r = 0; r < W; ++r) v[r] = r < nrow ? load(Wr + (i0 + r) * ldw + k0) : V{};
+  transpose_stage<T, 1>(v);
+  for (int c = 0; c < W; ++c) __builtin_memcpy(out + (k0 + c) * nr + i0, &v[c], sizeof(V));
+}
+
+// A panel of nr columns from `rows` rows of W (rows <= nr; the rest are zeros), in blocks of W
+// rows: whole W x W blocks transposed in registers (a block of fewer rows too, with zero
+// vectors for the missing ones), the last K % W columns element by element. The partial blocks
+// of a panel narrower than nr went element by element too, and took as long as all the whole
+// blocks (one thread's w_hh of an LSTM at H = 128, units 0..80: 6.8 us, 3.1 us for 0..64).
 template <typename T>
 void pack_panel(const T* Wr, int64_t ldw, int64_t rows, int64_t K, int64_t nr, T* out) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::lanes;
-  int64_t i0 = 0;
-  for (; i0 + W <= rows; i0 += W) {  // full blocks of W rows
-    int64_t k0 = 0;
-    for (; k0 + W <= K; k0 += W) {
-      V v[W];
-      for (int r = 0; r < W; ++r) v[r] = load(Wr + (i0 + r) * ldw + k0);
-      transpose_stage<T, 1>(v);
-      for (int r = 0; r < W; ++r) __builtin_memcpy(out + (k0 + r) * nr + i0, &v[r], sizeof(V));
+  for (int64_t i0 = 0; i0 < nr; i0 += W) {
+    const int nrow = static_cast<int>(std::min<int64_t>(std::max<int64_t>(rows - i0, 0), W));
+    if (nrow == 0) {
+      const V zero{};
+      for (int64_t k = 0; k < K; ++k) __builtin_memcpy(out + k * nr + i0, &zero, sizeof(V));
+      continue;
     }
+    int64_t k0 = 0;
+    if (nrow == W)
+      for (; k0 + W <= K; k0 += W) pack_block<T>(Wr, ldw, i0, W, k0, nr, out);  // (nrow a constant here)
+    else
+      for (; k0 + W <= K; k0 += W) pack_block<T>(Wr, ldw, i0, nrow, k0, nr, out);
     for (; k0 < K; ++k0)
-      for (int r = 0; r < W; ++r) out[k0 * nr + i0 + r] = Wr[(i0 + r) * ldw + k0];
+      for (int r = 0; r < W; ++r) out[k0 * nr + i0 + r] = r < nrow ? Wr[(i0 + r) * ldw + k0] : T(0);
   }
-  for (int64_t k = 0; k < K; ++k)  // the rest: partial rows and zero padding
-    for (int64_t i = i0; i < nr; ++i) out[k * nr + i] = i < rows ? Wr[i * ldw + k] : T(0);
 }
 
 template <typename T>
