@@ -6,6 +6,7 @@ read-only inputs are accepted, give the results of contiguous ones and are never
 NaN propagates; empty batches and empty sequences behave like the reference.
 """
 import importlib
+import pickle
 
 import numpy as np
 import pytest
@@ -646,6 +647,43 @@ def test_direct_calls(mode, dtype, monkeypatch):
     y_ref, s_ref = F.recurrent(mode, x, [tuple(a.astype(other).astype(dtype) for a in e) for e in w_other],
                                num_layers=L, bidirectional=True)
     assert y.dtype == dtype and np.array_equal(y, y_ref)
+
+
+def _results(out):
+    return [a for o in (out if isinstance(out, tuple) else (out,)) for a in flat(o)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_equal_dtypes_and_byte_order(mode):
+    """An array restored by pickle carries a dtype equal to NumPy's float64 but not the same
+    object: accepted everywhere (it was refused as "expected float64, got float64"). Big-endian
+    arrays are converted, never read as native ones (a cell step read big-endian weights as
+    native and returned NaN)."""
+    def unpickled(a):
+        return pickle.loads(pickle.dumps(a))
+
+    def big_endian(a):
+        return a.astype(a.dtype.newbyteorder(">"))
+
+    w = weights_of(mode)
+    x, dy = rand(T, B, I), rand(T, B, 2 * H, seed=3)
+    kw = dict(num_layers=L, bidirectional=True)
+    cell = cell_for(mode)
+    xc, p = rand(B, I, seed=4), cell.params
+    q = rand(2, 3, 5, 4, seed=6)
+    y, s, cache = F.recurrent_forward(mode, x, w, **kw)
+    expected = [y, *flat(s), *F.recurrent_backward(cache, dy)[0:1],
+                *_results(F.cell(mode, xc, None, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])),
+                *_results(F.scaled_dot_product_attention(q, q, q))]
+    for conv in (unpickled, big_endian):
+        wc = [tuple(conv(a) for a in e) for e in w]
+        y, s, cache = F.recurrent_forward(mode, conv(x), wc, **kw)
+        got = [y, *flat(s), *F.recurrent_backward(cache, conv(dy))[0:1],
+               *_results(F.cell(mode, conv(xc), None, *(conv(p[k]) for k in ("weight_ih", "weight_hh", "bias_ih",
+                                                                            "bias_hh")))),
+               *_results(F.scaled_dot_product_attention(conv(q), conv(q), conv(q)))]
+        for i, (a, b) in enumerate(zip(expected, got)):
+            assert np.array_equal(a, b), f"{mode} {conv.__name__}: result #{i} differs"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -41,7 +41,7 @@ View float_view(const py::object& obj, const std::string& name, int64_t min_ndim
   View v;
   v.arr = as_array(obj, name.c_str());
   v.name = name;
-  if (!v.arr.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(v.arr))
     throw py::type_error(name + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(v.arr.dtype())));
   if (v.arr.ndim() < min_ndim)
@@ -179,8 +179,8 @@ void get_masks(const py::sequence& masks, const std::vector<int64_t>& batch, int
     const std::string name = i == 0 ? "attn_mask" : "key_padding_mask";
     py::array m = as_array(t[0], name.c_str());
     const bool allows = t[1].cast<bool>();
-    const bool is_bool = m.dtype().is(py::dtype::of<bool>());
-    if (!is_bool && !m.dtype().is(py::dtype::of<T>()))
+    const bool is_bool = has_dtype<bool>(m);
+    if (!is_bool && !has_dtype<T>(m))
       throw py::type_error(name + ": expected a bool or " + std::string(py::str(py::dtype::of<T>())) + " mask, got " +
                            std::string(py::str(m.dtype())));
     const int64_t isz = is_bool ? 1 : static_cast<int64_t>(sizeof(T));

@@ -224,14 +224,14 @@ py::array cell_float_array(py::handle h, const char* name) {
 }
 
 // An array argument of a cell call as T, C-contiguous: converted (copied) only when it is a
-// float array of the other precision or not contiguous. The common case (already T,
-// contiguous, right shape) allocates nothing: a cell step is a few microseconds, so the checks
-// stay on integers and build their messages only on failure.
+// float array of the other precision or byte order, or not contiguous. (The type number alone
+// does not tell the byte order: big-endian weights were read as native ones.) The common case
+// (already T, contiguous, right shape) allocates nothing: a cell step is a few microseconds,
+// so the checks are identity and integer tests, and messages are built only on failure.
 template <typename T>
 py::array cell_operand(py::handle h, const char* name, std::initializer_list<int64_t> shape) {
   py::array a = cell_float_array(h, name);
-  constexpr int want = py::detail::npy_format_descriptor<T>::value;
-  if (a.dtype().num() != want || !(a.flags() & py::array::c_style))
+  if (!has_dtype<T>(a) || !(a.flags() & py::array::c_style))
     a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   py::ssize_t i = 0;

@@ -32,9 +32,19 @@ inline std::vector<int64_t> shape_of(const py::array& a) {
   return s;
 }
 
+// Whether `a` holds T in native byte order: the identity test first (NumPy's built-in dtypes
+// are singletons, so it almost always decides), then NumPy's own ==, since an array restored
+// by pickle carries an equal dtype object that is not the singleton (such arrays were refused
+// with "expected float32, got float32").
+template <typename T>
+inline bool has_dtype(const py::array& a) {
+  const py::dtype want = py::dtype::of<T>(), got = a.dtype();
+  return got.is(want) || got.equal(want);
+}
+
 // The dtype ("float32"/"float64") every array of one call must share.
-inline bool is_f32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
-inline bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+inline bool is_f32(const py::array& a) { return has_dtype<float>(a); }
+inline bool is_f64(const py::array& a) { return has_dtype<double>(a); }
 
 inline py::array as_array(py::handle h, const char* name) {
   if (!py::isinstance<py::array>(h)) throw py::type_error(std::string(name) + ": expected a numpy array");
@@ -44,7 +54,7 @@ inline py::array as_array(py::handle h, const char* name) {
 // Checks dtype T, exact shape and C-contiguity; returns the data pointer.
 template <typename T>
 const T* checked(const py::array& a, const std::string& name, const std::vector<int64_t>& shape) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(name + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                          ", got " + std::string(py::str(a.dtype())));
   if (shape_of(a) != shape)
