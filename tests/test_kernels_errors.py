@@ -616,37 +616,51 @@ def _functional_run(mode, x, w, state, dy, grads):
     return [y, dx, yc] + flat(s) + flat(ds0) + flat(sc) + [g for e in grads for g in e]
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("mode", MODES)
-def test_direct_calls(mode, dtype, monkeypatch):
+def test_direct_calls(mode, dtype, bias, monkeypatch):
     """The common call skips the Python checks and goes straight to the binding: the same
     results, bit for bit, as the checked path; and what the binding refuses (here weights of
-    the other precision) still runs through the checked path's conversions."""
+    the other precision) still runs through the checked path's conversions. (Refused grads
+    and their messages: test_functional_backward_errors, whose calls go this way first.)"""
     FR = importlib.import_module("fastrnn.functional.recurrent")  # the module (the package exports a function of that name)
-    w = [tuple(a.astype(dtype) for a in e) for e in weights_of(mode)]
+    w = [tuple(None if a is None else a.astype(dtype) for a in e) for e in weights_of(mode, bias=bias)]
     x, dy = rand(T, B, I, dtype=dtype), rand(T, B, 2 * H, seed=3, dtype=dtype)
     for state in (None, state_of(mode, (L * 2, B, H), seed=5, dtype=dtype)):
-        zeros = [tuple(np.zeros_like(a) for a in e) for e in w]
+        zeros = [tuple(None if a is None else np.zeros_like(a) for a in e) for e in w]
+
+        def fresh():
+            return [tuple(None if a is None else a.copy() for a in e) for e in zeros]
         with monkeypatch.context() as m:  # the direct path alone: the checks would raise
             def no_checks(*args, **kwargs):
                 raise AssertionError("the checked path ran")
             m.setattr(FR, "prepare_recurrent", no_checks)
-            m.setattr(FR, "as_float_array", no_checks)
-            direct = _functional_run(mode, x, w, state, dy, [tuple(a.copy() for a in e) for e in zeros])
+            if bias:  # (without biases the backward takes the checked path)
+                m.setattr(FR, "as_float_array", no_checks)
+            direct = _functional_run(mode, x, w, state, dy, fresh())
             direct_new_grads = _functional_run(mode, x, w, state, dy, None)
         with monkeypatch.context() as m:  # the checked path alone
             m.setattr(FR, "_direct_forward", lambda *args: None)
             m.setattr(FR, "_direct_backward", lambda *args: None)
-            checked = _functional_run(mode, x, w, state, dy, [tuple(a.copy() for a in e) for e in zeros])
+            checked = _functional_run(mode, x, w, state, dy, fresh())
         for run in (direct_new_grads, checked):
             for i, (a, b) in enumerate(zip(direct, run)):
-                assert a.dtype == dtype and np.array_equal(a, b), f"{mode}: result #{i} differs between paths"
+                same = a is None and b is None or a is not None and a.dtype == dtype and np.array_equal(a, b)
+                assert same, f"{mode}: result #{i} differs between paths"
     other = np.float32 if dtype == np.float64 else np.float64
-    w_other = [tuple(a.astype(other) for a in e) for e in w]
+
+    def convert(weights, to):
+        return [tuple(None if a is None else a.astype(to) for a in e) for e in weights]
+    w_other = convert(w, other)
     y, s = F.recurrent(mode, x, w_other, num_layers=L, bidirectional=True)
-    y_ref, s_ref = F.recurrent(mode, x, [tuple(a.astype(other).astype(dtype) for a in e) for e in w_other],
-                               num_layers=L, bidirectional=True)
+    y_ref, s_ref = F.recurrent(mode, x, convert(w_other, dtype), num_layers=L, bidirectional=True)
     assert y.dtype == dtype and np.array_equal(y, y_ref)
+    # containers the checks refuse (object arrays) are refused on the direct path too
+    boxed = np.empty((len(w), 4), object)
+    boxed[:] = [list(e) for e in w]
+    raises(TypeError, "weights", F.recurrent, mode, x, boxed, num_layers=L, bidirectional=True)
+    raises(ValueError, "weights", F.recurrent, mode, x, list(boxed), num_layers=L, bidirectional=True)
 
 
 def _results(out):

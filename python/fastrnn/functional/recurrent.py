@@ -85,6 +85,8 @@ def _direct_forward(mode, x, weights, state, num_layers, bidirectional, need_cac
     m = MODES.get(mode)
     if m is None:
         return None
+    if type(weights) not in (list, tuple) or any(type(e) not in (tuple, list) for e in weights):
+        return None  # (the binding takes any sequence: object arrays too, which the checks refuse)
     lstm, D = m == 2, 2 if bidirectional else 1
     if state is None:
         h0 = c0 = None
@@ -95,10 +97,13 @@ def _direct_forward(mode, x, weights, state, num_layers, bidirectional, need_cac
     else:
         return None
     try:
-        H = weights[0][1].shape[1]
+        H = int(weights[0][1].shape[1])
+    except (LookupError, AttributeError, TypeError):
+        return None
+    try:
         y, h_n, c_n, core = _core.recurrent_forward(m, x, weights, h0, c0, None, None, num_layers, D, H,
                                                     bool(need_cache))
-    except (TypeError, ValueError, LookupError, AttributeError):
+    except (TypeError, ValueError):
         return None
     state_n = (h_n, c_n) if lstm else h_n
     if not need_cache:
@@ -142,6 +147,8 @@ def _direct_backward(cache, dy, grads):
     dtype = cache.dtype
     if not cache.has_bias or cache.batch_first or type(dy) is not np.ndarray or dy.dtype != dtype \
             or not dy.flags.c_contiguous:
+        return None
+    if grads is not None and (type(grads) not in (list, tuple) or any(type(e) not in (tuple, list) for e in grads)):
         return None
     g = grads if grads is not None else [tuple(np.zeros(w.shape, dtype) for w in entry) for entry in cache.weights]
     try:
