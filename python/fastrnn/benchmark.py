@@ -503,13 +503,17 @@ def plot(result: dict, path: str) -> None:
     except ImportError as exc:
         raise SystemExit("--plot needs matplotlib: pip install 'fastrnn[plot]'") from exc
     rows = [r for r in result["rows"] if "torch" in r["seconds"] or "reference" in r["seconds"]]
-    labels = [f"{r['cell']} {'fwd' if r['mode'] == 'forward' else 'f+b'}\n{'x'.join(map(str, r['shape']))}"
-              for r in rows]
+    labels = [f"{r['cell']} {'step' if r['kind'] == 'cell_step' else 'fwd' if r['mode'] == 'forward' else 'f+b'}"
+              f"\n{'x'.join(map(str, r['shape']))}" for r in rows]
     vs_torch = [r["seconds"].get("torch", np.nan) / r["seconds"]["fastrnn"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows)), 5))
     xs = np.arange(len(rows))
     bars = ax.bar(xs, vs_torch, color=["tab:green" if v >= 1 else "tab:red" for v in vs_torch])
     ax.set_yscale("log")
+    # labels 1x, 2x, 3x, 5x, 10x, ... rather than 10^0 and 2 x 10^0
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.yaxis.set_minor_formatter(plt.FuncFormatter(
+        lambda v, _: f"{v:g}x" if v > 0 and round(v / 10 ** np.floor(np.log10(v)), 6) in (2, 3, 5) else ""))
     ax.bar_label(bars, labels=[f"{v:.2f}x" for v in vs_torch], fontsize=6, padding=1)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(xs)
