@@ -608,6 +608,17 @@ def test_functional_layouts(mode, kind):
         assert np.array_equal(a, b), f"{mode} {kind}: result #{i} differs from the contiguous run"
 
 
+def _worst(a, b):
+    """Where two arrays of one shape differ most, for messages."""
+    if a.shape != b.shape:
+        return f"shapes {a.shape} and {b.shape}"
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    if d.size == 0 or not np.isfinite(d).any():
+        return "no finite difference"
+    i = np.unravel_index(np.nanargmax(d), d.shape)
+    return f"worst difference {d[i]:.3e} at {tuple(int(v) for v in i)}"
+
+
 def _functional_run(mode, x, w, state, dy, grads):
     kw = dict(num_layers=L, bidirectional=True)
     y, s, cache = F.recurrent_forward(mode, x, w, state, **kw)
@@ -646,8 +657,11 @@ def test_direct_calls(mode, dtype, bias, monkeypatch):
             checked = _functional_run(mode, x, w, state, dy, fresh())
         for run in (direct_new_grads, checked):
             for i, (a, b) in enumerate(zip(direct, run)):
-                same = a is None and b is None or a is not None and a.dtype == dtype and np.array_equal(a, b)
-                assert same, f"{mode}: result #{i} differs between paths"
+                if a is None or b is None:
+                    assert a is None and b is None, f"{mode}: result #{i} is None on one path only"
+                    continue
+                assert a.dtype == dtype and b.dtype == dtype, f"{mode}: result #{i}: dtypes {a.dtype}, {b.dtype}"
+                assert np.array_equal(a, b), f"{mode}: result #{i} differs between paths ({_worst(a, b)})"
     other = np.float32 if dtype == np.float64 else np.float64
 
     def convert(weights, to):
@@ -685,19 +699,22 @@ def test_equal_dtypes_and_byte_order(mode):
     cell = cell_for(mode)
     xc, p = rand(B, I, seed=4), cell.params
     q = rand(2, 3, 5, 4, seed=6)
-    y, s, cache = F.recurrent_forward(mode, x, w, **kw)
-    expected = [y, *flat(s), *F.recurrent_backward(cache, dy)[0:1],
+    def sequence_results(x, w, dy):
+        y, s, cache = F.recurrent_forward(mode, x, w, **kw)
+        dx, ds0, grads = F.recurrent_backward(cache, dy)
+        return [y, *flat(s), dx, *flat(ds0), *(g for e in grads for g in e)]
+
+    expected = [*sequence_results(x, w, dy),
                 *_results(F.cell(mode, xc, None, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])),
                 *_results(F.scaled_dot_product_attention(q, q, q))]
     for conv in (unpickled, big_endian):
-        wc = [tuple(conv(a) for a in e) for e in w]
-        y, s, cache = F.recurrent_forward(mode, conv(x), wc, **kw)
-        got = [y, *flat(s), *F.recurrent_backward(cache, conv(dy))[0:1],
+        got = [*sequence_results(conv(x), [tuple(conv(a) for a in e) for e in w], conv(dy)),
                *_results(F.cell(mode, conv(xc), None, *(conv(p[k]) for k in ("weight_ih", "weight_hh", "bias_ih",
                                                                             "bias_hh")))),
                *_results(F.scaled_dot_product_attention(conv(q), conv(q), conv(q)))]
+        assert len(got) == len(expected)
         for i, (a, b) in enumerate(zip(expected, got)):
-            assert np.array_equal(a, b), f"{mode} {conv.__name__}: result #{i} differs"
+            assert np.array_equal(a, b), f"{mode} {conv.__name__}: result #{i} differs ({_worst(a, b)})"
 
 
 @pytest.mark.parametrize("kind", KINDS)
