@@ -137,6 +137,11 @@ def recurrent_forward(mode, x, weights, state=None, lengths=None, *, num_layers=
                                    a.I, a.H, a.dtype, a.has_bias)
 
 
+def _zero_grads(cache):
+    """New gradient arrays in the layout of cache.weights (None where a bias is None)."""
+    return [tuple(None if w is None else np.zeros(w.shape, cache.dtype) for w in entry) for entry in cache.weights]
+
+
 def _direct_backward(cache, dy, grads):
     """(dx, dstate0, grads) from the binding alone, or None: take the checked path.
 
@@ -150,7 +155,7 @@ def _direct_backward(cache, dy, grads):
         return None
     if grads is not None and (type(grads) not in (list, tuple) or any(type(e) not in (tuple, list) for e in grads)):
         return None
-    g = grads if grads is not None else [tuple(np.zeros(w.shape, dtype) for w in entry) for entry in cache.weights]
+    g = grads if grads is not None else _zero_grads(cache)
     try:
         dx, dh0, dc0 = _core.recurrent_backward(cache.core, cache.x, cache.weights, cache.dropout_masks, dy, None,
                                                 None, g)
@@ -175,7 +180,7 @@ def recurrent_backward(cache, dy, dstate=None, grads=None):
         dy = dy.transpose(1, 0, 2)
     dh_n, dc_n = prepare_recurrent_grad_state("dstate", dstate, cache.lstm, (cache.L * D, B, H), dtype)
     if grads is None:
-        grads = [tuple(None if w is None else np.zeros(w.shape, dtype) for w in entry) for entry in cache.weights]
+        grads = _zero_grads(cache)
     else:
         check_grads_like("grads", grads, cache.weights)
         for k, entry in enumerate(grads):
