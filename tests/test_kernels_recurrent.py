@@ -637,6 +637,56 @@ def test_forced_simd_level(level):
     assert lines[0] == expected, f"FASTRNN_SIMD={level}: build_info()['simd'] = {lines[0]!r}, expected {expected!r}"
 
 
+# Unit 20 of H = 21 is left over after the whole vectors of float32 units at every SIMD width
+# (4, 8 or 16 floats), so the training forward computes it unit by unit (activations.h's scalar
+# functions in a `#pragma omp simd` loop) while unit 4 runs in a vector (the vector functions);
+# inference moves the leftover into a vector. Given unit 4's weights and biases in every gate,
+# unit 20 must come out with exactly unit 4's bits, in both passes.
+VECTOR_TAIL_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastrnn as fr
+    H, I, T, B = 21, 6, 9, 3
+    bad = []
+    for mode in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
+        kw = dict(nonlinearity=mode[4:]) if mode.startswith("rnn") else {}
+        cls = fr.RNN if mode.startswith("rnn") else (fr.LSTM if mode == "lstm" else fr.GRU)
+        layer = cls(I, H, dtype="float32", seed=3, **kw)
+        G = {"lstm": 4, "gru": 3}.get(mode, 1)
+        for p in layer.params.values():
+            p *= 6  # larger weights: the gates saturate as well as pass their linear range
+            for g in range(G):
+                p[g * H + 20] = p[g * H + 4]
+        x = np.random.default_rng(5).standard_normal((T, B, I)).astype(np.float32)
+        w = layer._weights(layer.params)
+        y_train = fr.functional.recurrent_forward(mode, x, w)[0]
+        y_infer = fr.functional.recurrent(mode, x, w)[0]
+        for name, y in (("training", y_train), ("inference", y_infer)):
+            if not np.array_equal(y[..., 20], y[..., 4]):
+                d = np.abs(y[..., 20] - y[..., 4])
+                bad.append(f"{mode} {name}: unit 20 differs from unit 4 by up to {d.max():.3e} "
+                           f"at (t, b) = {np.unravel_index(d.argmax(), d.shape)}")
+        if not np.array_equal(y_train, y_infer):
+            d = np.abs(y_train - y_infer)
+            bad.append(f"{mode}: training and inference differ by up to {d.max():.3e} "
+                       f"at (t, b, unit) = {np.unravel_index(d.argmax(), d.shape)}")
+        assert np.abs(y_train).max() > 0.5, mode  # not a trivially zero output
+    print(fr.build_info()["simd"])
+    print("\\n".join(bad))
+    sys.exit(1 if bad else 0)
+""")
+
+
+@pytest.mark.parametrize("level", ["native", "avx2", "baseline"])
+def test_vector_and_unit_activations_agree(level):
+    env = dict(os.environ)
+    if level != "native":
+        env["FASTRNN_SIMD"] = level
+    proc = subprocess.run([sys.executable, "-c", VECTOR_TAIL_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"{level}:\n{proc.stdout}\n{proc.stderr}"
+
+
 def test_thread_limit_smaller_than_team_gives_same_result(tmp_path):
     """Under OMP_THREAD_LIMIT=1 a 2-thread plan must fall back to one thread, not skip slices."""
     code = (

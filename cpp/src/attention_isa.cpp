@@ -56,14 +56,11 @@ using attn::SdpaProblem;
 template <typename T> struct VecOf;
 template <> struct VecOf<float> {
   typedef float type __attribute__((vector_size(FR_VBYTES)));
-  typedef int32_t itype __attribute__((vector_size(FR_VBYTES)));
 };
 template <> struct VecOf<double> {
   typedef double type __attribute__((vector_size(FR_VBYTES)));
-  typedef int64_t itype __attribute__((vector_size(FR_VBYTES)));
 };
 template <typename T> using V = typename VecOf<T>::type;
-template <typename T> using VI = typename VecOf<T>::itype;
 template <typename T> constexpr int64_t W = FR_VBYTES / sizeof(T);
 
 template <typename T> inline V<T> vload(const T* p) { V<T> v; std::memcpy(&v, p, sizeof v); return v; }
@@ -80,24 +77,9 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 
-// exp for float vectors: activations.h's exp_approx (Cephes polynomial, ~1 ulp) with exact 0
-// below the normal range (so masked scores, -inf, give exactly 0).
-inline V<float> vexp(V<float> x) {
-  const V<float> xc0 = x < splat(-87.0f) ? splat(-87.0f) : x;
-  const V<float> xc = xc0 > splat(88.0f) ? splat(88.0f) : xc0;
-  const V<float> n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const V<float> r = xc - n * 0.693359375f - n * -2.12194440e-4f;
-  V<float> p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const VI<float> bits = (__builtin_convertvector(n, VI<float>) + 127) << 23;
-  const V<float> out = p * (V<float>)bits;
-  return x < splat(-87.0f) ? V<float>{} : out;  // NaN passes through the clamps and stays NaN
-}
+// exp for float vectors: activations.h's exp_approx_vec (Cephes polynomial, ~1 ulp) with exact
+// 0 below the normal range (so masked scores, -inf, give exactly 0). NaN stays NaN.
+inline V<float> vexp(V<float> x) { return x < splat(-87.0f) ? V<float>{} : exp_approx_vec(x); }
 
 // s[c] = exp(s[c] - shift) for c < n (n a multiple of W); returns the sum.
 inline float exp_shift_sum(float* s, float shift, int64_t n) {

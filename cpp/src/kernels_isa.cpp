@@ -37,6 +37,31 @@ struct Vec {
 
 inline bool row_active(const uint8_t* active, int64_t b) { return !active || active[b]; }
 
+// The pointwise kernels' loop bodies are generic lambdas body(V{}, j) over V, one unit (T) or
+// one vector of units (Vec<float>::type) from unit j; ld / st read and write a V at p.
+template <typename V, typename T>
+inline V ld(const T* p) {
+  if constexpr (std::is_same<V, T>::value) return *p;
+  else { V v; __builtin_memcpy(&v, p, sizeof v); return v; }
+}
+template <typename V, typename T>
+inline void st(T* p, V v) {
+  if constexpr (std::is_same<V, T>::value) *p = v;
+  else __builtin_memcpy(p, &v, sizeof v);
+}
+
+// body over units [0, n): float in whole vectors, with the vector activations of
+// activations.h; the rest, and double, unit by unit in a `#pragma omp simd` loop (the same
+// results for float, bit for bit).
+template <typename T, typename Body>
+inline void over_units(int64_t n, Body body) {
+  int64_t j0 = 0;
+  if constexpr (std::is_same<T, float>::value)
+    for (constexpr int64_t W = Vec<T>::lanes; j0 + W <= n; j0 += W) body(typename Vec<T>::type{}, j0);
+#pragma omp simd
+  for (int64_t j = j0; j < n; ++j) body(T{}, j);
+}
+
 // A pass over n units that is not a whole number of vectors leaves n % lanes units to the
 // scalar remainder loop of its `#pragma omp simd` loop, where 13 units of H = 333 cost as much
 // as 5 vectors. When at least one vector fits, such a pass runs as two: the whole vectors,
@@ -112,13 +137,13 @@ void rnn_forward(const StepArgs<T>& a) {
     T* h = a.h_out + b * H;
     T* y = a.y + b * a.ldy;
     T* g = a.gates ? a.gates + b * a.ldgates : nullptr;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const T pre = gx[j] + a.b_ih[j] + gh[j] + a.b_hh[j];
-      const T v = Relu ? relu(pre) : tanh_(pre);
-      h[j] = v;
-      y[j] = v;
-    }
+    over_units<T>(n, [&](auto v, int64_t j) {
+      using V = decltype(v);
+      const V pre = ld<V>(gx + j) + ld<V>(a.b_ih + j) + ld<V>(gh + j) + ld<V>(a.b_hh + j);
+      const V act = Relu ? relu(pre) : tanh_(pre);
+      st(h + j, act);
+      st(y + j, act);
+    });
     if (g)
       for (int64_t j = 0; j < n; ++j) g[j] = h[j];
   }
@@ -165,35 +190,36 @@ void lstm_forward(const StepArgs<T>& a) {
     // to overlap with the next vector: 17 rows x 160 units 4.4 -> 3.7 us, 1 x 64 110 -> 92 ns.
     // o waits for the second pass in the gates cache (training) or in h (inference).
     T* o;
+    // gx + b_ih + gh + b_hh of gate k's units at j
+    const auto pre = [&](auto v, int64_t k) {
+      using V = decltype(v);
+      return ld<V>(gx + k) + ld<V>(bi + k) + ld<V>(gh + k) + ld<V>(bh + k);
+    };
     if (a.gates) {
       T* g = a.gates + b * a.ldgates;
       o = g + 3 * H;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const T ig = sigmoid(gx[j] + bi[j] + gh[j] + bh[j]);
-        const T fg = sigmoid(gx[H + j] + bi[H + j] + gh[H + j] + bh[H + j]);
-        const T gg = tanh_(gx[2 * H + j] + bi[2 * H + j] + gh[2 * H + j] + bh[2 * H + j]);
-        const T og = sigmoid(gx[3 * H + j] + bi[3 * H + j] + gh[3 * H + j] + bh[3 * H + j]);
-        g[j] = ig; g[H + j] = fg; g[2 * H + j] = gg; g[3 * H + j] = og;
-        c[j] = fg * cp[j] + ig * gg;
-      }
+      over_units<T>(n, [&](auto v, int64_t j) {
+        using V = decltype(v);
+        const V ig = sigmoid(pre(v, j)), fg = sigmoid(pre(v, H + j));
+        const V gg = tanh_(pre(v, 2 * H + j)), og = sigmoid(pre(v, 3 * H + j));
+        st(g + j, ig); st(g + H + j, fg); st(g + 2 * H + j, gg); st(g + 3 * H + j, og);
+        st(c + j, fg * ld<V>(cp + j) + ig * gg);
+      });
     } else {
       o = h;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const T ig = sigmoid(gx[j] + bi[j] + gh[j] + bh[j]);
-        const T fg = sigmoid(gx[H + j] + bi[H + j] + gh[H + j] + bh[H + j]);
-        const T gg = tanh_(gx[2 * H + j] + bi[2 * H + j] + gh[2 * H + j] + bh[2 * H + j]);
-        const T og = sigmoid(gx[3 * H + j] + bi[3 * H + j] + gh[3 * H + j] + bh[3 * H + j]);
-        c[j] = fg * cp[j] + ig * gg;
-        o[j] = og;
-      }
+      over_units<T>(n, [&](auto v, int64_t j) {
+        using V = decltype(v);
+        const V ig = sigmoid(pre(v, j)), fg = sigmoid(pre(v, H + j));
+        const V gg = tanh_(pre(v, 2 * H + j)), og = sigmoid(pre(v, 3 * H + j));
+        st(c + j, fg * ld<V>(cp + j) + ig * gg);
+        st(o + j, og);
+      });
     }
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const T hn = o[j] * tanh_(c[j]);
-      h[j] = hn; y[j] = hn;
-    }
+    over_units<T>(n, [&](auto v, int64_t j) {
+      using V = decltype(v);
+      const V hn = ld<V>(o + j) * tanh_(ld<V>(c + j));
+      st(h + j, hn); st(y + j, hn);
+    });
   }
 }
 
@@ -215,19 +241,19 @@ void lstm_backward(const StepBackArgs<T>& a) {
     T* dg = a.dgx + b * a.lddgx;
     T* dhp = a.dh_prev + b * H;
     T* dcp = a.dc_prev + b * H;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const T ig = g[j], fg = g[H + j], gg = g[2 * H + j], og = g[3 * H + j];
-      const T tc = tanh_(c[j]);
-      const T dht = dh[j] + dy[j];
-      const T dct = dc[j] + dht * og * (T(1) - tc * tc);
-      dg[j] = dct * gg * ig * (T(1) - ig);
-      dg[H + j] = dct * cp[j] * fg * (T(1) - fg);
-      dg[2 * H + j] = dct * ig * (T(1) - gg * gg);
-      dg[3 * H + j] = dht * tc * og * (T(1) - og);
-      dcp[j] = dct * fg;
-      dhp[j] = T(0);
-    }
+    over_units<T>(n, [&](auto v, int64_t j) {
+      using V = decltype(v);
+      const V ig = ld<V>(g + j), fg = ld<V>(g + H + j), gg = ld<V>(g + 2 * H + j), og = ld<V>(g + 3 * H + j);
+      const V tc = tanh_(ld<V>(c + j));
+      const V dht = ld<V>(dh + j) + ld<V>(dy + j);
+      const V dct = ld<V>(dc + j) + dht * og * (T(1) - tc * tc);
+      st(dg + j, dct * gg * ig * (T(1) - ig));
+      st(dg + H + j, dct * ld<V>(cp + j) * fg * (T(1) - fg));
+      st(dg + 2 * H + j, dct * ig * (T(1) - gg * gg));
+      st(dg + 3 * H + j, dht * tc * og * (T(1) - og));
+      st(dcp + j, dct * fg);
+      st(dhp + j, V{});
+    });
   }
 }
 
@@ -247,27 +273,30 @@ void gru_forward(const StepArgs<T>& a) {
     T* h = a.h_out + b * H;
     T* y = a.y + b * a.ldy;
     T* g = a.gates ? a.gates + b * a.ldgates : nullptr;
+    // the step's r, z, n, hn and new h for the units at j (V: see over_units)
+    const auto step = [&](auto v, int64_t j) {
+      using V = decltype(v);
+      struct { V r, z, n, hn, h; } o;
+      o.r = sigmoid(ld<V>(gx + j) + ld<V>(bi + j) + ld<V>(gh + j) + ld<V>(bh + j));
+      o.z = sigmoid(ld<V>(gx + H + j) + ld<V>(bi + H + j) + ld<V>(gh + H + j) + ld<V>(bh + H + j));
+      o.hn = ld<V>(gh + 2 * H + j) + ld<V>(bh + 2 * H + j);
+      o.n = tanh_(ld<V>(gx + 2 * H + j) + ld<V>(bi + 2 * H + j) + o.r * o.hn);
+      // (1 - z) n + z h_prev with one product: two would leave GCC a choice of which to fuse
+      // into an FMA, and it chose differently for the vector and the unit-by-unit pass
+      o.h = o.n + o.z * (ld<V>(hp + j) - o.n);
+      return o;
+    };
     if (g) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const T r = sigmoid(gx[j] + bi[j] + gh[j] + bh[j]);
-        const T z = sigmoid(gx[H + j] + bi[H + j] + gh[H + j] + bh[H + j]);
-        const T hn = gh[2 * H + j] + bh[2 * H + j];
-        const T n = tanh_(gx[2 * H + j] + bi[2 * H + j] + r * hn);
-        const T hv = (T(1) - z) * n + z * hp[j];
-        g[j] = r; g[H + j] = z; g[2 * H + j] = n; g[3 * H + j] = hn;
-        h[j] = hv; y[j] = hv;
-      }
+      over_units<T>(n, [&](auto v, int64_t j) {
+        const auto o = step(v, j);
+        st(g + j, o.r); st(g + H + j, o.z); st(g + 2 * H + j, o.n); st(g + 3 * H + j, o.hn);
+        st(h + j, o.h); st(y + j, o.h);
+      });
     } else {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const T r = sigmoid(gx[j] + bi[j] + gh[j] + bh[j]);
-        const T z = sigmoid(gx[H + j] + bi[H + j] + gh[H + j] + bh[H + j]);
-        const T hn = gh[2 * H + j] + bh[2 * H + j];
-        const T n = tanh_(gx[2 * H + j] + bi[2 * H + j] + r * hn);
-        const T hv = (T(1) - z) * n + z * hp[j];
-        h[j] = hv; y[j] = hv;
-      }
+      over_units<T>(n, [&](auto v, int64_t j) {
+        const auto o = step(v, j);
+        st(h + j, o.h); st(y + j, o.h);
+      });
     }
   }
 }
