@@ -45,9 +45,9 @@ inline float exp_approx(float x) {
 // bit for bit: the same steps in the same order, with the ISA's own instructions where
 // `#pragma omp simd` over the scalar one gave a long sequence. The scalar function in such a
 // loop became compare-and-blend clamps and integer ops for 2^n; written with min/max and
-// vscalefps, an LSTM step's gates took 1.58 -> 1.05 ns
-// per unit and row (32 rows x 128 units, AVX-512, one core). NaN passes the clamps: the x
-// operand comes second, which min/max return when either is NaN.
+// vscalefps, an LSTM step's gates took 1.58 -> 1.05 ns per unit and row (32 rows x 128 units,
+// AVX-512, one core). NaN passes the clamps: the x operand comes second, which min/max return
+// when either is NaN.
 template <typename VF>
 inline VF exp_approx_vec(VF x) {
   // round(x / ln 2) as x * log2(e) + 1.5 * 2^23 - 1.5 * 2^23, its product unrounded (one FMA)
