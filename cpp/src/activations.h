@@ -50,6 +50,7 @@ inline float exp_approx(float x) {
 // when either is NaN.
 template <typename VF>
 inline VF exp_approx_vec(VF x) {
+  static_assert(sizeof(x[0]) == sizeof(float), "exp_approx_vec takes vectors of float");
   // round(x / ln 2) as x * log2(e) + 1.5 * 2^23 - 1.5 * 2^23, its product unrounded (one FMA)
   constexpr float kLog2e = 1.44269504088896341f, kRound = 12582912.0f;
   constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
