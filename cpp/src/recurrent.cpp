@@ -88,6 +88,16 @@ struct Slice {
   int64_t cols(int64_t p, int64_t nr) const { return std::min(nr, u1 - u0 - p * nr); }
 };
 
+// The groups of units a forward step updates one after the other, each right after its
+// products: one packed panel each, except that a last panel narrower than a SIMD vector joins
+// the one before it (alone, the pointwise pass would run it unit by unit; with more than a
+// vector of units it runs the tail as one more vector). Group q is panel q; the last group
+// runs on to the slice's last panel.
+inline int64_t step_groups(const Slice& sl, int64_t nr, int64_t lanes) {  // lanes: nr / 2
+  const int64_t np = sl.panels(nr);
+  return np >= 2 && sl.cols(np - 1, nr) < lanes ? np - 1 : np;
+}
+
 // Vectors of nr / 2 units covering H units: the grain of the split between threads.
 inline int64_t unit_vectors(int64_t H, int64_t nr) { return (H + nr / 2 - 1) / (nr / 2); }
 
@@ -134,18 +144,21 @@ Plan plan_threads(int64_t D, int64_t H, int64_t nr, int nt) {
 }
 
 // Forward packing of w (G*H, K), w_hh (K = H) or w_ih (K = I): panel p of a slice = output
-// columns g*H + u0 + p*nr .. +nr of a @ w^T, with P panels per gate in the buffer:
-//   Wp[((g*P + p0 + p)*K + k)*nr + i] = w[g*H + u0 + p*nr + i][k]   (0 past u1)
+// columns g*H + u0 + p*nr .. +nr of a @ w^T, the G gates' panels of the same units next to
+// each other (a step runs them one group of units at a time, so it reads the buffer in order):
+//   Wp[(((p0 + p)*G + g)*K + k)*nr + i] = w[g*H + u0 + p*nr + i][k]   (0 past u1)
 // Each thread of the time loop packs its own slices at the start of the loop, so the work is
 // split and the packed slice is written straight into the cache of the core that reads it
 // (w_ih too, unless the projection runs before the loop's region).
+inline int64_t forward_panel(int64_t G, int64_t g, const Slice& sl, int64_t p) { return (sl.p0 + p) * G + g; }
+
 template <typename T>
-void pack_forward(const T* w, int64_t K, int64_t G, int64_t H, int64_t nr, const Slice& sl, int64_t P, T* out) {
+void pack_forward(const T* w, int64_t K, int64_t G, int64_t H, int64_t nr, const Slice& sl, T* out) {
   const auto& kern = isa_kernels<T>();
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t p = 0; p < sl.panels(nr); ++p)
+  for (int64_t p = 0; p < sl.panels(nr); ++p)
+    for (int64_t g = 0; g < G; ++g)
       kern.pack_panel(w + (g * H + sl.u0 + p * nr) * K, K, sl.cols(p, nr), K, nr,
-                      out + (g * P + sl.p0 + p) * K * nr);
+                      out + forward_panel(G, g, sl, p) * K * nr);
 }
 
 // The input projection gx = X w_ih^T runs in row blocks of about 128 KiB of X, each block
@@ -158,18 +171,18 @@ inline int64_t projection_block_rows(int64_t K, size_t elem) {
 
 // C[r0:r0+rows, columns of panel p of gate g of sl] = A[r0:r0+rows] (rows, K) @ those rows of w^T
 template <typename T>
-void project_panel(int64_t r0, int64_t rows, int64_t K, const T* A, const T* Wp, int64_t g, int64_t p, int64_t H,
-                   int64_t nr, const Slice& sl, int64_t P, T* C, int64_t ldc) {
-  isa_kernels<T>().panel(rows, K, A + r0 * K, K, Wp + (g * P + sl.p0 + p) * K * nr,
+void project_panel(int64_t r0, int64_t rows, int64_t K, const T* A, const T* Wp, int64_t G, int64_t g, int64_t p,
+                   int64_t H, int64_t nr, const Slice& sl, T* C, int64_t ldc) {
+  isa_kernels<T>().panel(rows, K, A + r0 * K, K, Wp + forward_panel(G, g, sl, p) * K * nr,
                          C + r0 * ldc + g * H + sl.u0 + p * nr, ldc, sl.cols(p, nr), false);
 }
 
 // C[r0:r0+rows, g*H + units of sl] = A[r0:r0+rows] (rows, K) @ w[g*H + units]^T for every gate g
 template <typename T>
 void project_rows(int64_t r0, int64_t rows, int64_t K, const T* A, const T* Wp, int64_t G, int64_t H, int64_t nr,
-                  const Slice& sl, int64_t P, T* C, int64_t ldc) {
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t p = 0; p < sl.panels(nr); ++p) project_panel(r0, rows, K, A, Wp, g, p, H, nr, sl, P, C, ldc);
+                  const Slice& sl, T* C, int64_t ldc) {
+  for (int64_t p = 0; p < sl.panels(nr); ++p)
+    for (int64_t g = 0; g < G; ++g) project_panel(r0, rows, K, A, Wp, G, g, p, H, nr, sl, C, ldc);
 }
 
 // Backward packing: panel p of a slice = units u0 + p*nr .. +nr of dG @ w_hh, K = G*H:
@@ -363,14 +376,14 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
       const int64_t M = (s1 - s0) * B, R = projection_block_rows(I_l, sizeof(T));
       auto project = [&](const Slice& sl, int64_t r0, int64_t rows) {
         if (sl.u0 < sl.u1)
-          project_rows(r0, rows, I_l, X + t_lo(sl.d) * B * I_l, packed_ih[sl.d], G, H, nr, sl, P, gx_of(sl.d),
+          project_rows(r0, rows, I_l, X + t_lo(sl.d) * B * I_l, packed_ih[sl.d], G, H, nr, sl, gx_of(sl.d),
                        ldgx);
       };
       if (!project_inside) {
         const int64_t blocks = (M + R - 1) / R, n_sl = static_cast<int64_t>(all_slices.size());
         auto pack_ih = [&](int64_t i) {
           const Slice& sl = all_slices[i];
-          pack_forward(a.weights[l * D + sl.d].w_ih, I_l, G, H, nr, sl, P, packed_ih[sl.d]);
+          pack_forward(a.weights[l * D + sl.d].w_ih, I_l, G, H, nr, sl, packed_ih[sl.d]);
         };
         auto project_block = [&](int64_t j) {
           project(all_slices[j % n_sl], j / n_sl * R, std::min(R, M - j / n_sl * R));
@@ -394,8 +407,8 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         if (s0 == 0)
           for (const Slice& sl : plan.of_thread[tid]) {
             const LayerWeights<T>& w = a.weights[l * D + sl.d];
-            pack_forward(w.w_hh, H, G, H, nr, sl, P, packed[sl.d]);
-            if (project_inside) pack_forward(w.w_ih, I_l, G, H, nr, sl, P, packed_ih[sl.d]);
+            pack_forward(w.w_hh, H, G, H, nr, sl, packed[sl.d]);
+            if (project_inside) pack_forward(w.w_ih, I_l, G, H, nr, sl, packed_ih[sl.d]);
           }
         // 1. input projection of the chunk, gx = X w_ih^T ((s1 - s0) * B, G*H), each thread
         //    for the gate columns of its own units: the only ones its steps read, so no barrier
@@ -421,8 +434,8 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         int64_t l_ready = 0, l_piece = 0;  // groups [0, l_ready) done, and pieces of group l_ready
         auto project_piece = [&] {
           const int64_t r0 = RG * l_ready, rows = (l_ready + 1 < l_groups ? r0 + RG : M) - r0;
-          project_panel(r0, rows, I_l, X + t_lo(0) * B * I_l, packed_ih[0], l_piece / l_np, l_piece % l_np, H, nr,
-                        lsl, P, gx_of(0), ldgx);
+          project_panel(r0, rows, I_l, X + t_lo(0) * B * I_l, packed_ih[0], G, l_piece % G, l_piece / G, H, nr,
+                        lsl, gx_of(0), ldgx);
           if (++l_piece == l_pieces) { l_piece = 0; ++l_ready; }
         };
         // 2. the recurrence over the chunk, one barrier per step
@@ -440,29 +453,35 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
             T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
             T* gh = gh_scratch[d];
-            // gh[:, g*H + units] = h_prev @ w_hh[g*H + units]^T for this thread's units. Odd
-            // steps walk the panels backwards: the first panels a step reads are the last the
-            // step before read, still in L1 (each panel's sums are its own, so the order does
-            // not change a result).
-            const int64_t np = sl.panels(nr), n_panels = G * np;
-            for (int64_t j = 0; j < n_panels; ++j) {
-              const int64_t q = (step & 1) ? n_panels - 1 - j : j, g = q / np, p = q % np;
-              kern.panel(B, H, hbuf + ps * BH, H, packed[d] + (g * P + sl.p0 + p) * H * nr,
-                         gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
-            }
-            const int64_t u0 = sl.u0, u1 = sl.u1;
+            // Per group of units (one packed panel's nr columns, see step_groups): gh[:, g*H +
+            // units] = h_prev @ w_hh[g*H + units]^T for every gate g, then the cell update of
+            // those units while their gates are still in L1. Odd steps walk the groups
+            // backwards: the first panels a step reads are the last the step before read (each
+            // panel's sums are its own and the update is per unit, so neither order changes a
+            // result).
+            const int64_t np = sl.panels(nr), n_groups = step_groups(sl, nr, nr / 2);
             StepArgs<T> sa{};
-            sa.rows = B; sa.n = u1 - u0; sa.H = H;
-            sa.gx = gx + u0; sa.ldgx = ldgx;
-            sa.gh = gh + u0; sa.ldgh = GH;
-            sa.b_ih = (w.b_ih ? w.b_ih : zeros.get()) + u0;
-            sa.b_hh = (w.b_hh ? w.b_hh : zeros.get()) + u0;
-            sa.h_prev = hbuf + ps * BH + u0; sa.h_out = hbuf + os * BH + u0;
-            if (lstm) { sa.c_prev = cbuf + ps * BH + u0; sa.c_out = cbuf + os * BH + u0; }
-            sa.gates = train ? gx + u0 : nullptr; sa.ldgates = ldgx;
-            sa.y = Y + t * B * DH + d * H + u0; sa.ldy = DH;
+            sa.rows = B; sa.H = H;
+            sa.ldgx = ldgx; sa.ldgh = GH; sa.ldgates = ldgx; sa.ldy = DH;
             sa.active = active.empty() ? nullptr : active.data() + t * B;
-            fwd(sa);
+            for (int64_t j = 0; j < n_groups; ++j) {
+              const int64_t q = (step & 1) ? n_groups - 1 - j : j;
+              const int64_t p0 = q, p1 = q + 1 < n_groups ? q + 1 : np;  // panels [p0, p1)
+              for (int64_t g = 0; g < G; ++g)
+                for (int64_t p = p0; p < p1; ++p)
+                  kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, sl, p) * H * nr,
+                             gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
+              const int64_t u0 = sl.u0 + p0 * nr, u1 = std::min(sl.u1, sl.u0 + p1 * nr);
+              sa.n = u1 - u0;
+              sa.gx = gx + u0; sa.gh = gh + u0;
+              sa.b_ih = (w.b_ih ? w.b_ih : zeros.get()) + u0;
+              sa.b_hh = (w.b_hh ? w.b_hh : zeros.get()) + u0;
+              sa.h_prev = hbuf + ps * BH + u0; sa.h_out = hbuf + os * BH + u0;
+              if (lstm) { sa.c_prev = cbuf + ps * BH + u0; sa.c_out = cbuf + os * BH + u0; }
+              sa.gates = train ? gx + u0 : nullptr;
+              sa.y = Y + t * B * DH + d * H + u0;
+              fwd(sa);
+            }
           }
           if (plan.shared) {
             const StepBarrier::Ticket ticket = barrier.arrive();
