@@ -235,6 +235,18 @@ LARGE = {  # mode: (T, B, I, H): large B*G*H per step (many panels per thread, B
 }
 
 
+# A forward step updates its units one panel's group at a time, right after their products,
+# while a packed panel (H x two vectors) and a block of rows of h fit about an L1 cache; with
+# larger panels it runs all of its products first and then one update (recurrent.cpp,
+# step_groups). H = 200 takes the first way and H = 650 the second at every SIMD width.
+@pytest.mark.parametrize("hidden", [200, 650])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_step_update_grouping(mode, dtype, hidden, threads):
+    threads(2)
+    check_case(mode, 3, 5, 9, hidden, dtype=dtype, num_layers=1, bidirectional=False, with_lengths=True)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", MODES)
 def test_large_step(mode, dtype, threads):

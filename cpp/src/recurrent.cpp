@@ -93,9 +93,17 @@ struct Slice {
 // the one before it (alone, the pointwise pass would run it unit by unit; with more than a
 // vector of units it runs the tail as one more vector). Group q is panel q; the last group
 // runs on to the slice's last panel.
-inline int64_t step_groups(const Slice& sl, int64_t nr, int64_t lanes) {  // lanes: nr / 2
+//
+// Only while a panel and a block of rows of h_prev (K = H) fit in kGroupUpdateBytes, about an
+// L1 data cache. With larger panels the update per group was slower than one update after all
+// of a step's products (paired, 2 threads, LSTM forward: H = 256 0.95-0.98 for B = 32 and 64;
+// H = 512 1.026-1.046 for B = 16, 32 and 64; H = 500, B = 48 1.016), so there a step is one
+// group.
+constexpr int64_t kGroupUpdateBytes = int64_t(40) << 10;
+inline int64_t step_groups(const Slice& sl, int64_t K, int64_t nr, size_t elem) {
   const int64_t np = sl.panels(nr);
-  return np >= 2 && sl.cols(np - 1, nr) < lanes ? np - 1 : np;
+  if (K * (nr + kPanelRowGroup) * int64_t(elem) > kGroupUpdateBytes) return 1;
+  return np >= 2 && sl.cols(np - 1, nr) < nr / 2 ? np - 1 : np;
 }
 
 // Vectors of nr / 2 units covering H units: the grain of the split between threads.
@@ -453,13 +461,12 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             T* hbuf = train ? cache->h[k].data() : h_scratch[d].data();
             T* cbuf = lstm ? (train ? cache->c[k].data() : c_scratch[d].data()) : nullptr;
             T* gh = gh_scratch[d];
-            // Per group of units (one packed panel's nr columns, see step_groups): gh[:, g*H +
-            // units] = h_prev @ w_hh[g*H + units]^T for every gate g, then the cell update of
-            // those units while their gates are still in L1. Odd steps walk the groups
-            // backwards: the first panels a step reads are the last the step before read (each
-            // panel's sums are its own and the update is per unit, so neither order changes a
-            // result).
-            const int64_t np = sl.panels(nr), n_groups = step_groups(sl, nr, nr / 2);
+            // Per group of units (see step_groups): gh[:, g*H + units] = h_prev @ w_hh[g*H +
+            // units]^T for every gate g, then the cell update of those units while their gates
+            // are still in L1. Odd steps walk the groups and the panels backwards: the first
+            // panels a step reads are the last the step before read (each panel's sums are its
+            // own and the update is per unit, so neither order changes a result).
+            const int64_t np = sl.panels(nr), n_groups = step_groups(sl, H, nr, sizeof(T));
             StepArgs<T> sa{};
             sa.rows = B; sa.H = H;
             sa.ldgx = ldgx; sa.ldgh = GH; sa.ldgates = ldgx; sa.ldy = DH;
@@ -467,10 +474,12 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             for (int64_t j = 0; j < n_groups; ++j) {
               const int64_t q = (step & 1) ? n_groups - 1 - j : j;
               const int64_t p0 = q, p1 = q + 1 < n_groups ? q + 1 : np;  // panels [p0, p1)
-              for (int64_t g = 0; g < G; ++g)
-                for (int64_t p = p0; p < p1; ++p)
-                  kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, sl, p) * H * nr,
-                             gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
+              const int64_t n_panels = (p1 - p0) * G;  // in the order they are packed
+              for (int64_t i = 0; i < n_panels; ++i) {
+                const int64_t m = (step & 1) ? n_panels - 1 - i : i, p = p0 + m / G, g = m % G;
+                kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, sl, p) * H * nr,
+                           gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
+              }
               const int64_t u0 = sl.u0 + p0 * nr, u1 = std::min(sl.u1, sl.u0 + p1 * nr);
               sa.n = u1 - u0;
               sa.gx = gx + u0; sa.gh = gh + u0;
