@@ -10,7 +10,7 @@ import pickle
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, worst_difference
 
 import fastrnn as fr
 
@@ -610,13 +610,8 @@ def test_functional_layouts(mode, kind):
 
 def _worst(a, b):
     """Where two arrays of one shape differ most, for messages."""
-    if a.shape != b.shape:
-        return f"shapes {a.shape} and {b.shape}"
-    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    if d.size == 0 or not np.isfinite(d).any():
-        return "no finite difference"
-    i = np.unravel_index(np.nanargmax(d), d.shape)
-    return f"worst difference {d[i]:.3e} at {tuple(int(v) for v in i)}"
+    err, idx, _ = worst_difference(a, b)
+    return f"worst difference {err:.3e} at {idx}"
 
 
 def _functional_run(mode, x, w, state, dy, grads):
