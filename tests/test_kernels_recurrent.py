@@ -247,6 +247,21 @@ def test_step_update_grouping(mode, dtype, hidden, threads):
     check_case(mode, 3, 5, 9, hidden, dtype=dtype, num_layers=1, bidirectional=False, with_lengths=True)
 
 
+# The few units past the last whole vector of H (H % lanes <= lanes / 8, while B times them
+# <= 64) take dot products over their rows of w_hh instead of a packed panel, and the threads
+# split the whole vectors without them (recurrent.cpp, dense_tail). H = 129 and 65 take that
+# way for float32 at AVX-512 and AVX2 and float64 at AVX-512, H = 130 for float32 at AVX-512;
+# B = 65 at H = 129 and H = 131, 132 take panels; T = 9 splits the LSTM and GRU steps between
+# two threads.
+@pytest.mark.parametrize("size", [(9, 1, 11, 129), (9, 3, 11, 65), (9, 2, 11, 130), (9, 4, 11, 131),
+                                  (9, 1, 11, 132), (3, 65, 11, 129)], ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_dense_tail_units(mode, dtype, size, threads):
+    threads(2)
+    check_case(mode, *size, dtype=dtype, num_layers=2, bidirectional=False, with_lengths=size[1] > 1)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", MODES)
 def test_large_step(mode, dtype, threads):
@@ -549,6 +564,9 @@ THREAD_CASES = {  # mode, T, B, I, H, bidirectional
     # ending in a block of 9 rows
     "lazy-projection": ("lstm", 233, 1, 77, 129, False),
     "gru-lazy-projection": ("gru", 19, 1, 30, 64, False),  # last group: 11 rows in one block
+    # the units past the last whole vector as dot products with the last thread (dense_tail)
+    "gru-dense-tail": ("gru", 9, 3, 11, 65, False),
+    "rnn-dense-tail": ("rnn_tanh", 9, 2, 11, 129, False),
 }
 
 

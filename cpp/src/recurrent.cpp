@@ -83,16 +83,37 @@ struct Zeros {  // a shared zero vector standing in for absent biases / states
 struct Slice {
   int64_t d, u0, u1;  // direction d, hidden units [u0, u1)
   int64_t p0;         // its first panel in the direction's packed buffer
-  // packed as panels of nr units from u0; the last one may be narrower
+  int64_t dense = 0;  // its last `dense` units take their w_hh products as dot products (dense_tail)
+  // packed as panels of nr units from u0; the last one may be narrower (w_ih, and the backward)
   int64_t panels(int64_t nr) const { return (u1 - u0 + nr - 1) / nr; }
   int64_t cols(int64_t p, int64_t nr) const { return std::min(nr, u1 - u0 - p * nr); }
+  // the forward's packed w_hh: the same panels without the dense units
+  int64_t hh_panels(int64_t nr) const { return (u1 - dense - u0 + nr - 1) / nr; }
+  int64_t hh_cols(int64_t p, int64_t nr) const { return std::min(nr, u1 - dense - u0 - p * nr); }
 };
+
+// A few units past H's last whole SIMD vector (H = 129: 8 vectors of 16 and 1 unit) cost a
+// whole vector's panel of w_hh in every step (4 x 129 x 64 bytes from L2 for one unit of an
+// LSTM), and as one more vector in the split between threads they made it 5 + 4 vectors.
+// Instead, those units take their products as dot products over their own rows of w_hh
+// (dense_dots) and the split is of the whole vectors alone (4 + 4, and the unit with the
+// last thread). Only for up to an eighth of a vector, and while B * those units stay small:
+// each dot product is one FMA chain and a sum across lanes. Paired medians against panels
+// (2 threads, LSTM forward, T = 50, I = 64): H = 129 0.938-0.949 for B = 4 to 32, 0.945 at
+// 64, 0.997 at 128; H = 130 0.978 / 0.989 / 1.000 at B = 1 / 8 / 32; H = 131 1.003 at B = 1;
+// H = 132 1.044 / 1.110 at B = 1 / 8. The rule depends on the shape alone, never on the
+// thread count.
+constexpr int64_t kDenseTailDots = 64;  // B * units, per gate
+inline int64_t dense_tail(int64_t H, int64_t B, int64_t nr) {
+  const int64_t vl = nr / 2, r = H % vl;
+  return H > vl && 8 * r <= vl && B * r <= kDenseTailDots ? r : 0;
+}
 
 // The groups of units a forward step updates one after the other, each right after its
 // products: one packed panel each, except that a last panel narrower than a SIMD vector joins
 // the one before it (alone, the pointwise pass would run it unit by unit; with more than a
 // vector of units it runs the tail as one more vector). Group q is panel q; the last group
-// runs on to the slice's last panel.
+// runs on to the slice's last unit, with the dense units' dot products (dense_tail).
 //
 // Only while a panel and a block of rows of h_prev (K = H) fit in kGroupUpdateBytes, about an
 // L1 data cache. With larger panels the update per group was slower than one update after all
@@ -101,9 +122,9 @@ struct Slice {
 // group.
 constexpr int64_t kGroupUpdateBytes = int64_t(40) << 10;
 inline int64_t step_groups(const Slice& sl, int64_t K, int64_t nr, size_t elem) {
-  const int64_t np = sl.panels(nr);
+  const int64_t np = sl.hh_panels(nr);
   if (K * (nr + kPanelRowGroup) * int64_t(elem) > kGroupUpdateBytes) return 1;
-  return np >= 2 && sl.cols(np - 1, nr) < nr / 2 ? np - 1 : np;
+  return np >= 2 && sl.hh_cols(np - 1, nr) < nr / 2 ? np - 1 : np;
 }
 
 // Vectors of nr / 2 units covering H units: the grain of the split between threads.
@@ -120,18 +141,21 @@ struct Plan {
 
 // Which slices each of nt threads owns. Two directions and >= 2 threads: the team is split
 // between the directions (they are independent); otherwise every thread takes a share of
-// every direction.
-Plan plan_threads(int64_t D, int64_t H, int64_t nr, int nt) {
-  const int64_t vl = nr / 2, NV = unit_vectors(H, nr);
+// every direction. The forward and the backward of a shape have the same plan (so the same
+// scratch size); the backward takes the dense units in its panels like the others.
+Plan plan_threads(int64_t D, int64_t H, int64_t B, int64_t nr, int nt) {
+  const int64_t vl = nr / 2, dense = dense_tail(H, B, nr), NV = unit_vectors(H - dense, nr);
   Plan plan;
   plan.of_thread.resize(nt);
   std::vector<int64_t> used(D, 0);
   // part p of `parts` starts at vector ceil(NV p / parts): when the vectors do not divide
   // evenly, the last part (whose last vector is the partial one, run by the pointwise pass a
-  // second time) is the one with fewer
-  auto cut = [&](int64_t part, int64_t parts) { return std::min(H, (NV * part + parts - 1) / parts * vl); };
+  // second time) is the one with fewer. The last part also takes the dense units.
+  auto cut = [&](int64_t part, int64_t parts) {
+    return part == parts ? H : std::min(H, (NV * part + parts - 1) / parts * vl);
+  };
   auto add = [&](int t, int64_t d, int64_t part, int64_t parts) {
-    const Slice sl{d, cut(part, parts), cut(part + 1, parts), used[d]};
+    const Slice sl{d, cut(part, parts), cut(part + 1, parts), used[d], part + 1 == parts ? dense : 0};
     used[d] += sl.panels(nr);
     plan.of_thread[t].push_back(sl);
   };
@@ -161,11 +185,11 @@ Plan plan_threads(int64_t D, int64_t H, int64_t nr, int nt) {
 inline int64_t forward_panel(int64_t G, int64_t g, const Slice& sl, int64_t p) { return (sl.p0 + p) * G + g; }
 
 template <typename T>
-void pack_forward(const T* w, int64_t K, int64_t G, int64_t H, int64_t nr, const Slice& sl, T* out) {
+void pack_forward(const T* w, int64_t K, int64_t G, int64_t H, int64_t nr, const Slice& sl, bool hh, T* out) {
   const auto& kern = isa_kernels<T>();
-  for (int64_t p = 0; p < sl.panels(nr); ++p)
+  for (int64_t p = 0; p < (hh ? sl.hh_panels(nr) : sl.panels(nr)); ++p)
     for (int64_t g = 0; g < G; ++g)
-      kern.pack_panel(w + (g * H + sl.u0 + p * nr) * K, K, sl.cols(p, nr), K, nr,
+      kern.pack_panel(w + (g * H + sl.u0 + p * nr) * K, K, hh ? sl.hh_cols(p, nr) : sl.cols(p, nr), K, nr,
                       out + forward_panel(G, g, sl, p) * K * nr);
 }
 
@@ -258,7 +282,7 @@ int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64
   threads = std::min(threads, omp_get_thread_limit());
   if (threads <= 1 || double(T) * step_macs * D < double(1 << 17)) return 1;
   if (step_macs < kSplitMacs) return static_cast<int>(std::min<int64_t>(threads, D));
-  return static_cast<int>(std::min<int64_t>(threads, D * unit_vectors(H, nr)));
+  return static_cast<int>(std::min<int64_t>(threads, D * unit_vectors(H - dense_tail(H, B, nr), nr)));
 }
 
 // body(tid, barrier) on nt threads (nt from loop_threads), or on the calling thread alone (no
@@ -327,7 +351,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
   // the same split of the units for every layer (it depends on nothing that differs)
   const int64_t nr = kern.nr;
   const int nt = loop_threads(threads, T_, B, GH, H, D, nr);
-  const Plan plan = plan_threads(D, H, nr, nt);
+  const Plan plan = plan_threads(D, H, B, nr, nt);
   const int64_t P = plan.panels;
   // The input projection runs in our own kernel on a packed w_ih (no BLAS call in the forward
   // pass): inside the time loop's region, each thread for its own units, when that region has
@@ -391,7 +415,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         const int64_t blocks = (M + R - 1) / R, n_sl = static_cast<int64_t>(all_slices.size());
         auto pack_ih = [&](int64_t i) {
           const Slice& sl = all_slices[i];
-          pack_forward(a.weights[l * D + sl.d].w_ih, I_l, G, H, nr, sl, packed_ih[sl.d]);
+          pack_forward(a.weights[l * D + sl.d].w_ih, I_l, G, H, nr, sl, false, packed_ih[sl.d]);
         };
         auto project_block = [&](int64_t j) {
           project(all_slices[j % n_sl], j / n_sl * R, std::min(R, M - j / n_sl * R));
@@ -415,8 +439,8 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         if (s0 == 0)
           for (const Slice& sl : plan.of_thread[tid]) {
             const LayerWeights<T>& w = a.weights[l * D + sl.d];
-            pack_forward(w.w_hh, H, G, H, nr, sl, packed[sl.d]);
-            if (project_inside) pack_forward(w.w_ih, I_l, G, H, nr, sl, packed_ih[sl.d]);
+            pack_forward(w.w_hh, H, G, H, nr, sl, true, packed[sl.d]);
+            if (project_inside) pack_forward(w.w_ih, I_l, G, H, nr, sl, false, packed_ih[sl.d]);
           }
         // 1. input projection of the chunk, gx = X w_ih^T ((s1 - s0) * B, G*H), each thread
         //    for the gate columns of its own units: the only ones its steps read, so no barrier
@@ -466,7 +490,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             // are still in L1. Odd steps walk the groups and the panels backwards: the first
             // panels a step reads are the last the step before read (each panel's sums are its
             // own and the update is per unit, so neither order changes a result).
-            const int64_t np = sl.panels(nr), n_groups = step_groups(sl, H, nr, sizeof(T));
+            const int64_t np = sl.hh_panels(nr), n_groups = step_groups(sl, H, nr, sizeof(T));
             StepArgs<T> sa{};
             sa.rows = B; sa.H = H;
             sa.ldgx = ldgx; sa.ldgh = GH; sa.ldgates = ldgx; sa.ldy = DH;
@@ -478,9 +502,14 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
               for (int64_t i = 0; i < n_panels; ++i) {
                 const int64_t m = (step & 1) ? n_panels - 1 - i : i, p = p0 + m / G, g = m % G;
                 kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, sl, p) * H * nr,
-                           gh + g * H + sl.u0 + p * nr, GH, sl.cols(p, nr), false);
+                           gh + g * H + sl.u0 + p * nr, GH, sl.hh_cols(p, nr), false);
               }
-              const int64_t u0 = sl.u0 + p0 * nr, u1 = std::min(sl.u1, sl.u0 + p1 * nr);
+              const bool last_group = q + 1 == n_groups;
+              if (last_group && sl.dense) {  // gh[:, g*H + e0 + j] = h_prev @ w_hh[g*H + e0 + j] for every g
+                const int64_t e0 = sl.u1 - sl.dense;
+                kern.dense_dots(B, G, sl.dense, H, hbuf + ps * BH, H, w.w_hh + e0 * H, H, H * H, gh + e0, GH, H);
+              }
+              const int64_t u0 = sl.u0 + p0 * nr, u1 = last_group ? sl.u1 : std::min(sl.u1, sl.u0 + p1 * nr);
               sa.n = u1 - u0;
               sa.gx = gx + u0; sa.gh = gh + u0;
               sa.b_ih = (w.b_ih ? w.b_ih : zeros.get()) + u0;
@@ -544,7 +573,7 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
   std::vector<T*> carry_h, carry_c, dgh_step, packed;
   const int64_t nr = kern.nr;
   const int nt = loop_threads(threads, T_, B, GH, H, D, nr);
-  const Plan plan = plan_threads(D, H, nr, nt);
+  const Plan plan = plan_threads(D, H, B, nr, nt);
   for (int64_t d = 0; d < D; ++d) {
     dg.emplace_back(static_cast<size_t>(T_ * B * GH));
     scratch.emplace_back(G, plan.panels, nr, s);
