@@ -262,6 +262,20 @@ def test_dense_tail_units(mode, dtype, size, threads):
     check_case(mode, *size, dtype=dtype, num_layers=2, bidirectional=False, with_lengths=size[1] > 1)
 
 
+# Two threads sharing one direction with unequal vectors of units, far enough apart (H = 264:
+# 17 + 16 vectors at every width but float64 AVX2, 9 + 8 for float32 AVX-512): the lighter
+# thread projects the rows of the later steps for the other's units as well as its own, while
+# it waits at the barrier (recurrent.cpp, the balance). B = 64 brings RNN past the threshold
+# at float64; I = 5 hands the heavier thread's whole projection but its first steps' rows over.
+@pytest.mark.parametrize("size", [(9, 24, 13, 264), (9, 64, 5, 264), (4, 17, 65, 333)],
+                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_projection_balance(mode, dtype, size, threads):
+    threads(2)
+    check_case(mode, *size, dtype=dtype, num_layers=2, bidirectional=False, with_lengths=True)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", MODES)
 def test_large_step(mode, dtype, threads):
@@ -567,6 +581,10 @@ THREAD_CASES = {  # mode, T, B, I, H, bidirectional
     # the units past the last whole vector as dot products with the last thread (dense_tail)
     "gru-dense-tail": ("gru", 9, 3, 11, 65, False),
     "rnn-dense-tail": ("rnn_tanh", 9, 2, 11, 129, False),
+    # two threads with 17 and 16 vectors of units (float64): the lighter one projects rows of
+    # the later steps for both (the balance of recurrent_forward)
+    "balance": ("lstm", 9, 24, 13, 264, False),
+    "gru-balance": ("gru", 9, 24, 13, 264, False),
 }
 
 

@@ -274,6 +274,14 @@ struct DirectionScratch {
 // LSTM H=128 1.4 vs 2.8 ms; RNN H=64, 2^12, is 1.8x slower split). Tiny loops run on one
 // thread; never more threads than vectors of units.
 constexpr double kSplitMacs = double(1 << 13);
+// The balance of the input projection between two threads with unequal shares of units
+// (recurrent_forward) pays from about this many multiply-adds of difference per step. LSTM
+// 41x17x65x333 (2^18.5), paired medians against no balance: forward 0.94-0.98 with the two
+// CPUs close and 0.97-1.01 with them far apart, training forward 0.97-1.00, forward+backward
+// 0.99. With much less, the lighter thread's wait is mostly the barrier's latency, and the
+// other thread then fetches the rows projected for it from the other core: LSTM 23x3x100x200
+// (2^15.2) 0.94-0.96 close, but 1.15-1.17 far apart.
+constexpr double kBalanceMacs = double(1 << 17);
 int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64_t D, int64_t nr) {
   const double step_macs = double(B) * GH * H;
   // inside another parallel region (nesting off) or under a thread limit a team would be
@@ -435,6 +443,42 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
           for (int64_t j = 0; j < blocks * n_sl; ++j) project_block(j);
         }
       }
+      // The lazy projection's row groups (see below): 8 rows each, the last one 8..15 rows.
+      constexpr int64_t RG = kPanelRowGroup;
+      static_assert(RG == 8, "projection_block_rows gives multiples of 8 rows");
+      const int64_t tail0 = (M - 1) / R * R, tail = M - tail0;
+      const int64_t last_group = (tail0 + RG * std::max<int64_t>(0, tail / RG - 1)) / RG;
+      // Balance: two threads share one direction and one of them has more vectors of units
+      // (H = 333: 11 + 10), so the other waits at every barrier. There the lighter thread
+      // projects rows of the later steps for both threads' units: each thread projects rows
+      // [0, balance_cut) of its own units before the first step, and the lighter one the
+      // rest, lazily. The cuts even out the threads' whole work, steps and projection (per
+      // row, a vector of units costs H multiply-adds per gate in the step and I in the
+      // projection), and the work before the first step.
+      bool balance = false;
+      int balance_light = 0;
+      int64_t balance_cut[2] = {M, M};
+      if (project_inside && !lazy_projection && D == 1 && nt == 2 && plan.shared) {
+        const Slice& p0 = plan.of_thread[0][0];
+        const Slice& p1 = plan.of_thread[1][0];
+        const int64_t v0 = unit_vectors(p0.u1 - p0.u0 - p0.dense, nr), v1 = unit_vectors(p1.u1 - p1.u0 - p1.dense, nr);
+        if (double(std::abs(v0 - v1)) * double(nr / 2 * G * B * H) >= kBalanceMacs) {
+          const int heavy = v0 > v1 ? 0 : 1;
+          const double vh = double(std::max(v0, v1)), vl = double(std::min(v0, v1));
+          // the heavier thread's share of its own projection
+          const double f = (vh + vl - double(H) * (vh - vl) / double(I_l)) / (2 * vh);
+          const int64_t lo = std::min(M, (2 * B + RG - 1) / RG * RG), hi = last_group * RG;
+          auto cut = [&](double frac) {
+            return std::clamp<int64_t>(static_cast<int64_t>(frac * double(M) / RG) * RG, lo, hi);
+          };
+          balance_light = 1 - heavy;
+          balance_cut[heavy] = cut(f);
+          balance_cut[balance_light] = std::clamp<int64_t>(static_cast<int64_t>(f * vh / vl * double(M) / RG) * RG,
+                                                           0, hi);
+          balance = lo < hi && balance_cut[heavy] < M;
+          if (!balance) balance_cut[0] = balance_cut[1] = M;
+        }
+      }
       persistent(nt, [&](int tid, StepBarrier& barrier) {
         if (s0 == 0)
           for (const Slice& sl : plan.of_thread[tid]) {
@@ -444,36 +488,44 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
           }
         // 1. input projection of the chunk, gx = X w_ih^T ((s1 - s0) * B, G*H), each thread
         //    for the gate columns of its own units: the only ones its steps read, so no barrier
-        //    stands between this and the first step
-        if (project_inside && !lazy_projection)
-          for (const Slice& sl : plan.of_thread[tid])
-            for (int64_t r0 = 0; r0 < M; r0 += R) project(sl, r0, std::min(R, M - r0));
-        // ... or lazily (B = 1, one direction, so one slice per thread and a row per step): in
-        // groups of rows, each group in pieces of one packed panel; the groups in step order,
-        // pieces run while the thread waits at the barrier, and a group a step needs that is
-        // not done yet runs in full before the step. The groups are the panel kernel's own
-        // row blocks in the whole-chunk projection (kernels.h, kPanelRowGroup): 8 rows from the
-        // top of each R-row block, and its last 8 to 15 rows as one group (which the kernel
-        // blocks as 8, as 9..11 at once, or as 8 + 4..7). So every sum runs in the same order
-        // as in the whole-chunk projection and results do not depend on the thread count.
-        constexpr int64_t RG = kPanelRowGroup;
-        static_assert(RG == 8, "projection_block_rows gives multiples of 8 rows");
-        const Slice& lsl = plan.of_thread[tid][0];
-        const int64_t l_np = lsl.panels(nr), l_pieces = lsl.u0 < lsl.u1 ? G * l_np : 0;
-        const int64_t l_tail0 = (M - 1) / R * R, l_tail = M - l_tail0;
-        const int64_t l_last = l_tail0 + RG * std::max<int64_t>(0, l_tail / RG - 1);  // last group's first row
-        const int64_t l_groups = lazy_projection && l_pieces > 0 ? l_last / RG + 1 : 0;
-        int64_t l_ready = 0, l_piece = 0;  // groups [0, l_ready) done, and pieces of group l_ready
-        auto project_piece = [&] {
-          const int64_t r0 = RG * l_ready, rows = (l_ready + 1 < l_groups ? r0 + RG : M) - r0;
-          project_panel(r0, rows, I_l, X + t_lo(0) * B * I_l, packed_ih[0], G, l_piece % G, l_piece / G, H, nr,
-                        lsl, gx_of(0), ldgx);
-          if (++l_piece == l_pieces) { l_piece = 0; ++l_ready; }
+        //    stands between this and the first step. All of it here, or the rows before the
+        //    thread's lazy cut (below) here and the rest lazily.
+        //    The lazy part runs in groups of rows, each group in pieces of one packed panel;
+        //    the groups in step order, pieces while the thread waits at the barrier, and a
+        //    group a step needs that is not done yet in full before the step. The groups are
+        //    the panel kernel's own row blocks in the whole-chunk projection (kernels.h,
+        //    kPanelRowGroup): 8 rows from the top of each R-row block, and its last 8 to 15 rows
+        //    as one group (which the kernel blocks as 8, as 9..11 at once, or as 8 + 4..7). So
+        //    every sum runs in the same order as in the whole-chunk projection and results do
+        //    not depend on the thread count or on who projects a row.
+        auto first_step = [&](int64_t group) { return s0 + group * RG / B; };  // the first step reading it
+        struct Lazy {  // groups [next, end) of sl's gate columns, and the pieces done of group next
+          const Slice* sl = nullptr;
+          int64_t next = 0, end = 0, piece = 0;
+          bool pending() const { return next < end; }
         };
+        Lazy own, help;  // this thread's own units, and (balance) the heavier thread's
+        if (project_inside) {
+          const Slice& sl = plan.of_thread[tid][0];
+          const int64_t cut = lazy_projection ? 0 : balance ? balance_cut[tid] : M;  // a multiple of RG
+          for (const Slice& o : plan.of_thread[tid])
+            for (int64_t r0 = 0; r0 < cut; r0 += R) project(o, r0, std::min(R, cut - r0));
+          const bool helped = balance && tid != balance_light;  // its rows past the cut: the light thread's
+          if (cut < M && sl.u0 < sl.u1 && !helped) own = Lazy{&sl, cut / RG, last_group + 1, 0};
+          if (balance && tid == balance_light)
+            help = Lazy{&plan.of_thread[1 - tid][0], balance_cut[1 - tid] / RG, last_group + 1, 0};
+        }
+        auto run_piece = [&](Lazy& z) {
+          const int64_t r0 = RG * z.next, rows = (z.next < last_group ? r0 + RG : M) - r0;
+          project_panel(r0, rows, I_l, X + t_lo(0) * B * I_l, packed_ih[0], G, z.piece % G, z.piece / G, H, nr,
+                        *z.sl, gx_of(0), ldgx);
+          if (++z.piece == G * z.sl->panels(nr)) { z.piece = 0; ++z.next; }
+        };
+        // groups [0, n) hold every row of steps s0 .. step
+        auto groups_through = [&](int64_t step) { return std::min(((step - s0 + 1) * B - 1) / RG, last_group) + 1; };
         // 2. the recurrence over the chunk, one barrier per step
         for (int64_t step = s0; step < s1; ++step) {
-          if (l_groups)
-            while (l_ready <= std::min((step - s0) / RG, l_groups - 1)) project_piece();
+          while (own.pending() && own.next < groups_through(step)) run_piece(own);
           for (const Slice& sl : plan.of_thread[tid]) {
             if (sl.u0 == sl.u1) continue;
             const int64_t d = sl.d, k = l * D + d;
@@ -522,8 +574,18 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             }
           }
           if (plan.shared) {
+            // The heavier thread reads the rows of step + 1 after this barrier: done before
+            // arriving, they are visible to it then. Its packed w_ih is read only after the
+            // first barrier of the chunk (it packs it before arriving there).
+            const bool may_help = help.pending() && step > s0;
+            while (may_help && step + 1 < s1 && help.next < groups_through(step + 1)) run_piece(help);
             const StepBarrier::Ticket ticket = barrier.arrive();
-            while (l_ready < l_groups && !barrier.passed(ticket)) project_piece();
+            while (!barrier.passed(ticket)) {
+              const bool h = may_help && help.pending(), o = own.pending();
+              if (!h && !o) break;
+              // the group due first: the helper's before the barrier ahead of its step
+              run_piece(h && (!o || first_step(help.next) - 1 <= first_step(own.next)) ? help : own);
+            }
             barrier.wait(ticket);
           }
         }
