@@ -647,8 +647,8 @@ inline void dots(int64_t K, const T* a, const T* const* w, T* out) {
 
 // C[m*ldc + g*gsc + j] = A[m] . W[g*gsw + j*ldw] for rows m < M, g < G, j < R: the units past
 // a thread's last whole vector of w_hh (recurrent.cpp, dense_tail), all G*R rows of W four at
-// a time rather than one gemm_nt_small call per gate, each a single chain with its own sum
-// across lanes (4 x 0.03 us for one unit of an LSTM at K = 129).
+// a time rather than one gemm_nt_small call per gate (LSTM 37x1x77x129 forward: 0.983 of the
+// time with those calls), each a single chain with its own sum across lanes.
 template <typename T>
 void dense_dots(int64_t M, int64_t G, int64_t R, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw,
                 int64_t gsw, T* C, int64_t ldc, int64_t gsc) {

@@ -475,7 +475,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
           balance_cut[heavy] = cut(f);
           balance_cut[balance_light] = std::clamp<int64_t>(static_cast<int64_t>(f * vh / vl * double(M) / RG) * RG,
                                                            0, hi);
-          balance = lo < hi && balance_cut[heavy] < M;
+          balance = lo < hi;
           if (!balance) balance_cut[0] = balance_cut[1] = M;
         }
       }
@@ -556,12 +556,12 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
                 kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, sl, p) * H * nr,
                            gh + g * H + sl.u0 + p * nr, GH, sl.hh_cols(p, nr), false);
               }
-              const bool last_group = q + 1 == n_groups;
-              if (last_group && sl.dense) {  // gh[:, g*H + e0 + j] = h_prev @ w_hh[g*H + e0 + j] for every g
+              const bool final_group = q + 1 == n_groups;  // (the slice's last units)
+              if (final_group && sl.dense) {  // gh[:, g*H + e0 + j] = h_prev @ w_hh[g*H + e0 + j] for every g
                 const int64_t e0 = sl.u1 - sl.dense;
                 kern.dense_dots(B, G, sl.dense, H, hbuf + ps * BH, H, w.w_hh + e0 * H, H, H * H, gh + e0, GH, H);
               }
-              const int64_t u0 = sl.u0 + p0 * nr, u1 = last_group ? sl.u1 : std::min(sl.u1, sl.u0 + p1 * nr);
+              const int64_t u0 = sl.u0 + p0 * nr, u1 = final_group ? sl.u1 : std::min(sl.u1, sl.u0 + p1 * nr);
               sa.n = u1 - u0;
               sa.gx = gx + u0; sa.gh = gh + u0;
               sa.b_ih = (w.b_ih ? w.b_ih : zeros.get()) + u0;
