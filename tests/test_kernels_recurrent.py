@@ -263,10 +263,11 @@ def test_dense_tail_units(mode, dtype, size, threads):
 
 
 # Two threads sharing one direction with unequal vectors of units, far enough apart (H = 264:
-# 17 + 16 vectors at every width but float64 AVX2, 9 + 8 for float32 AVX-512): the lighter
+# 9 + 8 vectors for float32 on AVX-512, 17 + 16 for float64 on AVX-512 and float32 on AVX2;
+# H = 333: 11 + 10 for float32 on AVX-512; the other splits are even): the lighter
 # thread projects the rows of the later steps for the other's units as well as its own, while
-# it waits at the barrier (recurrent.cpp, the balance). B = 64 brings RNN past the threshold
-# at float64; I = 5 hands the heavier thread's whole projection but its first steps' rows over.
+# it waits at the barrier (recurrent.cpp, the balance). B = 64 brings RNN (one gate) past the
+# threshold; I = 5 hands the heavier thread's whole projection but its first steps' rows over.
 @pytest.mark.parametrize("size", [(9, 24, 13, 264), (9, 64, 5, 264), (4, 17, 65, 333)],
                          ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
