@@ -531,6 +531,27 @@ inline T hsum(const typename Vec<T>::type& v) {
   return s;
 }
 
+// NC dot products of one row a (K) with rows w[c] (K) at once: NC independent FMA chains.
+// Each sum runs over k in vector lanes, then across the lanes, then over the last K % lanes
+// terms, an order fixed by K alone (not by NC or by which rows run together).
+template <typename T, int NC>
+inline void dots(int64_t K, const T* a, const T* const* w, T* out) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::lanes;
+  const int64_t K0 = K / W * W;
+  V acc[NC];
+  for (int c = 0; c < NC; ++c) acc[c] = V{};
+  for (int64_t k = 0; k < K0; k += W) {
+    const V av = load(a + k);
+    for (int c = 0; c < NC; ++c) acc[c] += av * load(w[c] + k);
+  }
+  for (int c = 0; c < NC; ++c) {
+    T s = hsum<T>(acc[c]);
+    for (int64_t k = K0; k < K; ++k) s += a[k] * w[c][k];
+    out[c] = s;
+  }
+}
+
 // kM, kK > 0 fix M and K at compile time (see gemm_nt_small below).
 template <typename T, int64_t kM, int64_t kK>
 void gemm_nt_small_impl(int64_t M_, int64_t N, int64_t K_, const T* A, int64_t lda, const T* Wt, int64_t ldw, T* C,
@@ -595,13 +616,8 @@ void gemm_nt_small_impl(int64_t M_, int64_t N, int64_t K_, const T* A, int64_t l
   }
   for (; n < N; ++n)
     for (int64_t m = 0; m < M; ++m) {
-      const T* a = A + m * lda;
       const T* wr = Wt + n * ldw;
-      V acc = V{};
-      for (int64_t k = 0; k < K0; k += W) acc += load(a + k) * load(wr + k);
-      T s0 = hsum<T>(acc);
-      for (int64_t k = K0; k < K; ++k) s0 += a[k] * wr[k];
-      C[m * ldc + n] = s0;
+      dots<T, 1>(K, A + m * lda, &wr, C + m * ldc + n);
     }
 }
 
@@ -622,27 +638,6 @@ void gemm_nt_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
     }
   }
   gemm_nt_small_impl<T, 0, 0>(M, N, K, A, lda, Wt, ldw, C, ldc);
-}
-
-// NC dot products of one row a (K) with rows w[c] (K) at once: NC independent FMA chains.
-// Each sum runs over k in vector lanes, then across the lanes, then over the last K % lanes
-// terms, an order fixed by K alone (not by NC or by which rows run together).
-template <typename T, int NC>
-inline void dots(int64_t K, const T* a, const T* const* w, T* out) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::lanes;
-  const int64_t K0 = K / W * W;
-  V acc[NC];
-  for (int c = 0; c < NC; ++c) acc[c] = V{};
-  for (int64_t k = 0; k < K0; k += W) {
-    const V av = load(a + k);
-    for (int c = 0; c < NC; ++c) acc[c] += av * load(w[c] + k);
-  }
-  for (int c = 0; c < NC; ++c) {
-    T s = hsum<T>(acc[c]);
-    for (int64_t k = K0; k < K; ++k) s += a[k] * w[c][k];
-    out[c] = s;
-  }
 }
 
 // C[m*ldc + g*gsc + j] = A[m] . W[g*gsw + j*ldw] for rows m < M, g < G, j < R: the units past
