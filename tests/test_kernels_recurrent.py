@@ -474,10 +474,23 @@ def test_cell_call_in_c_matches_shared_call(mode, bias):
     for bad in ((x.astype(int), state), (x[0], state)):
         with pytest.raises((TypeError, ValueError), match="^x: "):
             cell(*bad)
-    with pytest.raises(TypeError, match="at most 3 arguments"):  # self, x, state
+    with pytest.raises(TypeError, match="at most 2 arguments"):  # x, state
         cell(x, state, None)
     with pytest.raises(TypeError, match="'x'"):
         cell(state=state)
+    with pytest.raises(TypeError, match="multiple values for argument 'x'"):
+        cell(x, x=x)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'h'"):
+        cell(x, h=state)
+    # the C function is the class's call slot, and a user's subclass inherits it
+    assert type(cell).__call__ is fr._core.CellCall.__call__
+    kw = dict(nonlinearity=mode[4:]) if mode.startswith("rnn") else {}
+    sub = type("Sub", (type(cell),), {})(20, 33, bias=bias, dtype="float32", **kw)
+    sub.load_state_dict(cell.state_dict())
+    for a, b in zip(_outputs(sub(x, state)), _outputs(python_call(cell, x, state))):
+        assert np.array_equal(a, b)
+    with pytest.raises(TypeError, match="cannot create"):
+        fr._core.CellCall()
 
 
 def _cell_calls(cell, xs, states):

@@ -57,19 +57,19 @@ class GRU(_recurrent_layers.GRU):
     _F = functional
 
 
-class RNNCell(_recurrent_layers.RNNCell):
+class RNNCell(_recurrent_layers.RNNCell, _core.CellCall):
     _F = functional
-    __call__ = _core.cell_layer_call  # the shared __call__, in C (cpp/bindings/bind_recurrent.cpp)
+    __call__ = _core.CellCall.__call__  # the shared __call__, in C, as the type's call slot
 
 
-class LSTMCell(_recurrent_layers.LSTMCell):
+class LSTMCell(_recurrent_layers.LSTMCell, _core.CellCall):
     _F = functional
-    __call__ = _core.cell_layer_call  # the shared __call__, in C (cpp/bindings/bind_recurrent.cpp)
+    __call__ = _core.CellCall.__call__  # the shared __call__, in C, as the type's call slot
 
 
-class GRUCell(_recurrent_layers.GRUCell):
+class GRUCell(_recurrent_layers.GRUCell, _core.CellCall):
     _F = functional
-    __call__ = _core.cell_layer_call  # the shared __call__, in C (cpp/bindings/bind_recurrent.cpp)
+    __call__ = _core.CellCall.__call__  # the shared __call__, in C, as the type's call slot
 
 
 # Attention layers: the shared classes bound to the C++ backend
