@@ -510,13 +510,17 @@ void bind_recurrent(py::module_& m) {
                                     "LSTMCell.")},
       {0, nullptr}};
   unsigned int flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE;
-#ifdef Py_TPFLAGS_DISALLOW_INSTANTIATION
+#ifdef Py_TPFLAGS_DISALLOW_INSTANTIATION  // Python >= 3.10
   flags |= Py_TPFLAGS_DISALLOW_INSTANTIATION;
 #endif
   static PyType_Spec cell_call_spec = {"fastrnn._core.CellCall", static_cast<int>(sizeof(PyObject)), 0, flags,
                                        cell_call_slots};
   PyObject* cell_call_type = PyType_FromSpec(&cell_call_spec);
   if (!cell_call_type) throw py::error_already_set();
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
+  // what the flag does: CellCall() itself is refused; subclasses take object's __new__
+  reinterpret_cast<PyTypeObject*>(cell_call_type)->tp_new = nullptr;
+#endif
   m.add_object("CellCall", py::reinterpret_steal<py::object>(cell_call_type));
 
   py::class_<RecurrentCacheHandle>(m, "RecurrentCache", "Opaque training cache of a recurrent forward pass.")
