@@ -465,8 +465,8 @@ py::object cell_layer_call(PyObject* self, PyObject* x_in, PyObject* state) {
 
 // tp_call of fastrnn._core.CellCall, the base that gives the kernel-bound cell classes this
 // __call__ as their type slot. Set as a Python class attribute instead (an instancemethod),
-// the same function cost 0.04-0.09 us more per step, spent in CPython's generic __call__ slot
-// (a method lookup, a bound-method object; RNNCell, B=1, H=16: 0.42-0.47 -> 0.38 us).
+// the same function cost 0.04-0.11 us more per step, spent in CPython's generic __call__ slot
+// (a method lookup, a bound-method object; RNNCell, B=1, H=16: 0.42-0.47 -> 0.36-0.38 us).
 PyObject* cell_layer_tp_call(PyObject* self, PyObject* args, PyObject* kwargs) {
   static constexpr const char* names[] = {"x", "state"};
   PyObject* a[2] = {nullptr, Py_None};
