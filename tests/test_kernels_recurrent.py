@@ -599,6 +599,11 @@ THREAD_CASES = {  # mode, T, B, I, H, bidirectional
     # the later steps for both (the balance of recurrent_forward)
     "balance": ("lstm", 9, 24, 13, 264, False),
     "gru-balance": ("gru", 9, 24, 13, 264, False),
+    # the backward's dX in row groups, some taken by the lighter thread while it waits at a
+    # step's barrier (17 + 16 vectors), the rest after the loop; I = 65 and 66 leave one and
+    # two columns past the last whole vector, taken as dot products (recurrent_backward)
+    "dx-pieces": ("lstm", 9, 17, 65, 264, False),
+    "rnn-dx-pieces": ("rnn_tanh", 7, 19, 66, 264, False),
 }
 
 

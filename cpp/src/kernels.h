@@ -64,6 +64,9 @@ struct IsaKernels {
   // products per row of A; a few rows of W each from G blocks, e.g. one unit of every gate)
   void (*dense_dots)(int64_t M, int64_t G, int64_t R, int64_t K, const T* A, int64_t lda, const T* W,
                      int64_t ldw, int64_t gsw, T* C, int64_t ldc, int64_t gsc);
+  // C[m*ldc + j] = A (M, K)[m] . W[j*ldw] (K) for j < N (a few columns of a product)
+  void (*row_dots)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
+                   int64_t ldc);
 };
 
 // The panel kernel blocks rows from the top in groups of this many (a multiple of every ISA

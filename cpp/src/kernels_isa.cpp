@@ -664,6 +664,28 @@ void dense_dots(int64_t M, int64_t G, int64_t R, int64_t K, const T* A, int64_t 
     }
 }
 
+// C[m*ldc + j] = A[m] . W[j*ldw] (K) for rows m < M of A and j < N: a product with a few
+// output columns (the columns of dX past its last whole vector, recurrent.cpp), four rows of
+// A against one row of W at a time, four FMA chains. Each sum runs in the order of dots, fixed
+// by K alone (a[k] w[k] = w[k] a[k]), so it does not depend on M or on which rows run together.
+template <typename T>
+void row_dots(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
+  for (int64_t j = 0; j < N; ++j) {
+    const T* w = W + j * ldw;
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) {
+      const T* rows[4] = {A + m * lda, A + (m + 1) * lda, A + (m + 2) * lda, A + (m + 3) * lda};
+      T out[4];
+      dots<T, 4>(K, w, rows, out);
+      for (int c = 0; c < 4; ++c) C[(m + c) * ldc + j] = out[c];
+    }
+    for (; m < M; ++m) {
+      const T* row = A + m * lda;
+      dots<T, 1>(K, w, &row, C + m * ldc + j);
+    }
+  }
+}
+
 // One packed panel: out (K, nr) with out[k*nr + i] = W[i*ldw + k] for the first `rows` rows
 // of W (rows <= nr), zero past them. A transpose, so it runs on lanes x lanes blocks held in
 // registers: log2(lanes) stages of two-source shuffles, lane L of the pair (r, r+b) taking
@@ -743,6 +765,7 @@ void fill(IsaKernels<T>* k) {
   k->panel = panel<T>;
   k->gemm_nt_small = gemm_nt_small<T>;
   k->dense_dots = dense_dots<T>;
+  k->row_dots = row_dots<T>;
   k->pack_panel = pack_panel<T>;
 }
 

@@ -10,8 +10,10 @@
 //                a direction is split between threads; the two directions run on separate
 //                threads;
 //             3. backward: the reverse loop produces dG for every step, then the weight
-//                gradients and dx are single GEMMs over all steps:
-//                dW_ih += dG^T X,  dW_hh += dG^T H_prev,  dX = dG W_ih.
+//                gradients are single GEMMs over all steps: dW_ih += dG^T X,
+//                dW_hh += dG^T H_prev; dX = dG W_ih runs in the panel kernel in row groups,
+//                partly in the loop's region while a thread waits at a barrier (one
+//                direction; otherwise a GEMM too).
 #include <fastrnn/fastrnn.h>
 
 #include <omp.h>
@@ -234,6 +236,36 @@ void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, const Slice
   }
 }
 
+// dX = dG @ w_ih (recurrent_backward): its columns [0, I0) in packed panels of nr, K = G*H,
+//   Wx[(p*GH + n)*nr + i] = w_ih[n][p*nr + i]   (0 past I0),
+// and the few past I0 (dx_dot_cols) as dot products with w_ih's columns, packed as rows after
+// the panels: Wx[P*GH*nr + j*GH + n] = w_ih[n][I0 + j].
+// A last vector of a handful of columns costs a whole vector in the panel kernel (I = 65:
+// 65 columns at the cost of 80); as four FMA chains of dot products per column it costs about
+// twice its share.
+constexpr int64_t kDxDotCols = 4;
+inline int64_t dx_dot_cols(int64_t I, int64_t nr) {
+  const int64_t r = I % (nr / 2);
+  return r <= kDxDotCols ? r : 0;
+}
+
+template <typename T>
+void pack_dx(const T* w_ih, int64_t GH, int64_t I, int64_t nr, int64_t p, T* out) {
+  const int64_t I0 = I - dx_dot_cols(I, nr), P = (I0 + nr - 1) / nr;
+  if (p == P) {  // the dot-product columns
+    T* q = out + P * GH * nr;
+    for (int64_t n = 0; n < GH; ++n)
+      for (int64_t j = 0; j < I - I0; ++j) q[j * GH + n] = w_ih[n * I + I0 + j];
+    return;
+  }
+  T* q = out + p * GH * nr;
+  const int64_t c0 = p * nr, cols = std::min(nr, I0 - c0);
+  for (int64_t n = 0; n < GH; ++n) {
+    std::memcpy(q + n * nr, w_ih + n * I + c0, cols * sizeof(T));
+    for (int64_t i = cols; i < nr; ++i) q[n * nr + i] = T(0);
+  }
+}
+
 // One direction's scratch for a forward or a backward pass, one block of the same size for
 // both: a training step's backward then reuses the block its forward released (the buffer
 // cache matches blocks by size; with the forward's and the backward's scratch in blocks of
@@ -282,6 +314,9 @@ constexpr double kSplitMacs = double(1 << 13);
 // other thread then fetches the rows projected for it from the other core: LSTM 23x3x100x200
 // (2^15.2) 0.94-0.96 close, but 1.15-1.17 far apart.
 constexpr double kBalanceMacs = double(1 << 17);
+// dX of a backward pass runs in the panel kernel (recurrent_backward) while a panel of w_ih,
+// G*H rows of nr columns, is at most this.
+constexpr int64_t kDxPanelBytes = int64_t(256) << 10;
 int loop_threads(int threads, int64_t T, int64_t B, int64_t GH, int64_t H, int64_t D, int64_t nr) {
   const double step_macs = double(B) * GH * H;
   // inside another parallel region (nesting off) or under a thread limit a team would be
@@ -645,6 +680,13 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     packed.push_back(scratch.back().packed());
   }
   Buffer<T> dX_above(L > 1 ? static_cast<size_t>(T_ * B * DH) : 0);  // dL/d(input of layer l)
+  // dX = dG w_ih in our kernels rather than the BLAS (one direction, w_ih's panels short
+  // enough): see the time loop below. w_ih packed per layer (pack_dx): at most I_l + nr
+  // columns of G*H.
+  const bool own_dx = D == 1 && GH * nr * int64_t(sizeof(T)) <= kDxPanelBytes;
+  int64_t max_in = 0;
+  for (int64_t l = 0; l < L; ++l) max_in = std::max(max_in, s.input_size(l));
+  Buffer<T> dx_packed(own_dx ? static_cast<size_t>((max_in + nr) * GH) : 0);
 
   const T* dY = a.dy;  // dL/d(output of layer l), (T, B, D*H)
   for (int64_t l = L - 1; l >= 0; --l) {
@@ -660,9 +702,38 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
       std::memcpy(carry_h[d], a.dhn ? a.dhn + k * BH : zeros.get(), BH * sizeof(T));
       if (lstm) std::memcpy(carry_c[d], a.dcn ? a.dcn + k * BH : zeros.get(), BH * sizeof(T));
     }
+    // dX (T*B, I_l) = dG (T*B, G*H) @ w_ih (G*H, I_l), when own_dx: in pieces of one row group
+    // (kPanelRowGroup rows, the last one 8..15: the panel kernel's own blocks of a whole-matrix
+    // call, so every sum runs in the same order whoever computes it and results do not depend
+    // on the thread count) times one packed panel of nr input columns, taken from the last
+    // rows up. A thread that waits at a step's barrier (the one with fewer vectors of units:
+    // H = 333 on two threads is 11 + 10) computes the pieces whose rows all have their dG;
+    // the rest are split between the threads after the loop.
+    T* dX = l == 0 ? a.dx : dX_above.data();
+    const int64_t M = T_ * B, RG = kPanelRowGroup;
+    const int64_t dx_last = std::max<int64_t>(0, M / RG - 1);  // groups [0, dx_last]
+    // pieces of a group: dx_panels panels, then the dot-product columns if any
+    const int64_t dx_dots = dx_dot_cols(I_l, nr), dx_I0 = I_l - dx_dots, dx_panels = (dx_I0 + nr - 1) / nr;
+    const int64_t dx_np = own_dx && M > 0 ? dx_panels + (dx_dots > 0) : 0, dx_pieces = (dx_last + 1) * dx_np;
+    std::atomic<int64_t> dx_next{0};
+    auto dx_piece = [&](int64_t n) {
+      const int64_t j = dx_last - n / dx_np, p = n % dx_np, r0 = j * RG, rows = (j == dx_last ? M : r0 + RG) - r0;
+      const T* Wx = dx_packed.data() + p * GH * nr;
+      if (p == dx_panels) kern.row_dots(rows, dx_dots, GH, dg[0].data() + r0 * GH, GH, Wx, GH, dX + r0 * I_l + dx_I0, I_l);
+      else kern.panel(rows, GH, dg[0].data() + r0 * GH, GH, Wx, dX + r0 * I_l + p * nr, I_l, std::min(nr, dx_I0 - p * nr), false);
+    };
+    // the next piece, if the steps from `done` on (all that its rows need) have their dG; -1 if not
+    auto dx_claim = [&](int64_t done) {
+      int64_t n = dx_next.load(std::memory_order_relaxed);
+      while (n < dx_pieces && (dx_last - n / dx_np) * RG >= done * B)
+        if (dx_next.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return n;
+      return int64_t(-1);
+    };
     persistent(nt, [&](int tid, StepBarrier& barrier) {
       for (const Slice& sl : plan.of_thread[tid])
         pack_backward(a.weights[l * D + sl.d].w_hh, GH, H, nr, sl, packed[sl.d]);
+      // read only after the first step's barrier
+      for (int64_t p = tid; p < dx_np; p += nt) pack_dx(a.weights[l].w_ih, GH, I_l, nr, p, dx_packed.data());
       for (int64_t step = T_ - 1; step >= 0; --step) {
         const int cur = static_cast<int>((T_ - 1 - step) & 1);
         for (const Slice& sl : plan.of_thread[tid]) {
@@ -689,7 +760,12 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
           ba.active = active.empty() ? nullptr : active.data() + t * B;
           bwd(ba);
         }
-        if (plan.shared) barrier.wait();
+        if (plan.shared) {
+          const StepBarrier::Ticket ticket = barrier.arrive();
+          // the steps after this one have their dG (the barrier before this step's passed)
+          for (int64_t n; !barrier.passed(ticket) && (n = dx_claim(step + 1)) >= 0;) dx_piece(n);
+          barrier.wait(ticket);
+        }
         for (const Slice& sl : plan.of_thread[tid]) {
           const int64_t d = sl.d;
           const int64_t t = d == 0 ? step : T_ - 1 - step;
@@ -702,6 +778,10 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
         }
       }
     });
+    // the pieces of dX that no thread took while it waited
+    const int64_t dx_done = dx_next.load(), dx_left = dx_pieces - dx_done;
+#pragma omp parallel for num_threads(threads) schedule(static) if (double(dx_left) / std::max<int64_t>(dx_pieces, 1) * double(M) * GH * I_l >= double(1 << 17))
+    for (int64_t n = dx_done; n < dx_pieces; ++n) dx_piece(n);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       const int fin = static_cast<int>(T_ & 1);
@@ -710,14 +790,13 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     }
 
     // 2. everything that is not sequential, as GEMMs over all T*B rows
-    T* dX = l == 0 ? a.dx : dX_above.data();
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       const LayerWeights<T>& w = a.weights[k];
       const LayerGrads<T>& g = a.grads[k];
       T* dgd = dg[d].data();
       // dX (T*B, I_l) (+)= dG (T*B, G*H) @ w_ih (G*H, I_l)
-      gemm<T>(false, false, T_ * B, I_l, GH, T(1), dgd, GH, w.w_ih, I_l, d == 0 ? T(0) : T(1), dX, I_l);
+      if (!own_dx) gemm<T>(false, false, T_ * B, I_l, GH, T(1), dgd, GH, w.w_ih, I_l, d == 0 ? T(0) : T(1), dX, I_l);
       // dW_ih (G*H, I_l) += dG^T X
       gemm<T>(true, false, GH, I_l, T_ * B, T(1), dgd, GH, X, I_l, T(1), g.w_ih, I_l);
       if (g.b_ih) add_column_sums<T>(T_ * B, GH, dgd, GH, g.b_ih);
