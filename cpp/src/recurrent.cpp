@@ -241,8 +241,8 @@ void pack_backward(const T* w_hh, int64_t GH, int64_t H, int64_t nr, const Slice
 // and the few past I0 (dx_dot_cols) as dot products with w_ih's columns, packed as rows after
 // the panels: Wx[P*GH*nr + j*GH + n] = w_ih[n][I0 + j].
 // A last vector of a handful of columns costs a whole vector in the panel kernel (I = 65:
-// 65 columns at the cost of 80); as four FMA chains of dot products per column it costs about
-// twice its share.
+// 65 columns at the cost of 80); as dot products (four FMA chains, two loads per FMA) each
+// column takes a sixteenth of a vector's multiply-adds at about half the rate.
 constexpr int64_t kDxDotCols = 4;
 inline int64_t dx_dot_cols(int64_t I, int64_t nr) {
   const int64_t r = I % (nr / 2);
