@@ -60,13 +60,10 @@ struct IsaKernels {
   // C (M, N) = A (M, K) @ W^T, W (N, K) row-major and unpacked: small products (cell steps)
   void (*gemm_nt_small)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W,
                         int64_t ldw, T* C, int64_t ldc);
-  // C[m*ldc + g*gsc + j] = A (M, K)[m] . W[g*gsw + j*ldw] (K) for g < G, j < R (G*R dot
+  // C[m*ldc + g*gsc + j*jsc] = A (M, K)[m] . W[g*gsw + j*ldw] (K) for g < G, j < R (G*R dot
   // products per row of A; a few rows of W each from G blocks, e.g. one unit of every gate)
   void (*dense_dots)(int64_t M, int64_t G, int64_t R, int64_t K, const T* A, int64_t lda, const T* W,
-                     int64_t ldw, int64_t gsw, T* C, int64_t ldc, int64_t gsc);
-  // C[m*ldc + j] = A (M, K)[m] . W[j*ldw] (K) for j < N (a few columns of a product)
-  void (*row_dots)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
-                   int64_t ldc);
+                     int64_t ldw, int64_t gsw, T* C, int64_t ldc, int64_t gsc, int64_t jsc);
 };
 
 // The panel kernel blocks rows from the top in groups of this many (a multiple of every ISA

@@ -640,13 +640,16 @@ void gemm_nt_small(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
   gemm_nt_small_impl<T, 0, 0>(M, N, K, A, lda, Wt, ldw, C, ldc);
 }
 
-// C[m*ldc + g*gsc + j] = A[m] . W[g*gsw + j*ldw] for rows m < M, g < G, j < R: the units past
-// a thread's last whole vector of w_hh (recurrent.cpp, dense_tail), all G*R rows of W four at
-// a time rather than one gemm_nt_small call per gate (LSTM 37x1x77x129 forward: 0.983 of the
-// time with those calls), each a single chain with its own sum across lanes.
+// C[m*ldc + g*gsc + j*jsc] = A[m] . W[g*gsw + j*ldw] for rows m < M, g < G, j < R, all G*R
+// rows of W four at a time, each a single chain with its own sum across lanes (the order of
+// dots, fixed by K alone). Used for the units past a thread's last whole vector of w_hh
+// (recurrent.cpp, dense_tail: one call rather than one gemm_nt_small call per gate, LSTM
+// 37x1x77x129 forward 0.983 of the time), and with the operands swapped for the columns of
+// dX past its last whole vector (A: those columns of w_ih, W: rows of dG, jsc: dX's row
+// stride), since a[k] w[k] = w[k] a[k].
 template <typename T>
 void dense_dots(int64_t M, int64_t G, int64_t R, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw,
-                int64_t gsw, T* C, int64_t ldc, int64_t gsc) {
+                int64_t gsw, T* C, int64_t ldc, int64_t gsc, int64_t jsc) {
   const int64_t N = G * R;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n0 = 0; n0 < N; n0 += 4) {
@@ -660,30 +663,8 @@ void dense_dots(int64_t M, int64_t G, int64_t R, int64_t K, const T* A, int64_t 
         case 2: dots<T, 2>(K, A + m * lda, w, out); break;
         default: dots<T, 1>(K, A + m * lda, w, out); break;
       }
-      for (int c = 0; c < nc; ++c) C[m * ldc + (n0 + c) / R * gsc + (n0 + c) % R] = out[c];
+      for (int c = 0; c < nc; ++c) C[m * ldc + (n0 + c) / R * gsc + (n0 + c) % R * jsc] = out[c];
     }
-}
-
-// C[m*ldc + j] = A[m] . W[j*ldw] (K) for rows m < M of A and j < N: a product with a few
-// output columns (the columns of dX past its last whole vector, recurrent.cpp), four rows of
-// A against one row of W at a time, four FMA chains. Each sum runs in the order of dots, fixed
-// by K alone (a[k] w[k] = w[k] a[k]), so it does not depend on M or on which rows run together.
-template <typename T>
-void row_dots(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
-  for (int64_t j = 0; j < N; ++j) {
-    const T* w = W + j * ldw;
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) {
-      const T* rows[4] = {A + m * lda, A + (m + 1) * lda, A + (m + 2) * lda, A + (m + 3) * lda};
-      T out[4];
-      dots<T, 4>(K, w, rows, out);
-      for (int c = 0; c < 4; ++c) C[(m + c) * ldc + j] = out[c];
-    }
-    for (; m < M; ++m) {
-      const T* row = A + m * lda;
-      dots<T, 1>(K, w, &row, C + m * ldc + j);
-    }
-  }
 }
 
 // One packed panel: out (K, nr) with out[k*nr + i] = W[i*ldw + k] for the first `rows` rows
@@ -765,7 +746,6 @@ void fill(IsaKernels<T>* k) {
   k->panel = panel<T>;
   k->gemm_nt_small = gemm_nt_small<T>;
   k->dense_dots = dense_dots<T>;
-  k->row_dots = row_dots<T>;
   k->pack_panel = pack_panel<T>;
 }
 

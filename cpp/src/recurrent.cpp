@@ -594,7 +594,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
               const bool final_group = q + 1 == n_groups;  // (the slice's last units)
               if (final_group && sl.dense) {  // gh[:, g*H + e0 + j] = h_prev @ w_hh[g*H + e0 + j] for every g
                 const int64_t e0 = sl.u1 - sl.dense;
-                kern.dense_dots(B, G, sl.dense, H, hbuf + ps * BH, H, w.w_hh + e0 * H, H, H * H, gh + e0, GH, H);
+                kern.dense_dots(B, G, sl.dense, H, hbuf + ps * BH, H, w.w_hh + e0 * H, H, H * H, gh + e0, GH, H, 1);
               }
               const int64_t u0 = sl.u0 + p0 * nr, u1 = final_group ? sl.u1 : std::min(sl.u1, sl.u0 + p1 * nr);
               sa.n = u1 - u0;
@@ -719,7 +719,8 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
     auto dx_piece = [&](int64_t n) {
       const int64_t j = dx_last - n / dx_np, p = n % dx_np, r0 = j * RG, rows = (j == dx_last ? M : r0 + RG) - r0;
       const T* Wx = dx_packed.data() + p * GH * nr;
-      if (p == dx_panels) kern.row_dots(rows, dx_dots, GH, dg[0].data() + r0 * GH, GH, Wx, GH, dX + r0 * I_l + dx_I0, I_l);
+      if (p == dx_panels)  // dX[r0 + j, dx_I0 + m] = w_ih[:, dx_I0 + m] . dG[r0 + j]
+        kern.dense_dots(dx_dots, 1, rows, GH, Wx, GH, dg[0].data() + r0 * GH, GH, 0, dX + r0 * I_l + dx_I0, 1, 0, I_l);
       else kern.panel(rows, GH, dg[0].data() + r0 * GH, GH, Wx, dX + r0 * I_l + p * nr, I_l, std::min(nr, dx_I0 - p * nr), false);
     };
     // the next piece, if the steps from `done` on (all that its rows need) have their dG; -1 if not
