@@ -801,13 +801,16 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
       // dW_ih (G*H, I_l) += dG^T X
       gemm<T>(true, false, GH, I_l, T_ * B, T(1), dgd, GH, X, I_l, T(1), g.w_ih, I_l);
       // db_ih (G*H,) += column sums of dG. Outside GRU the gates take b_ih and b_hh in the
-      // same sum, so db_hh gets the same sums: one pass over dG rather than two.
+      // same sum, so db_hh gets the same sums here: one pass over dG rather than two.
       const bool shared_db = !gru && g.b_ih && g.b_hh;
       Buffer<T> db(shared_db ? static_cast<size_t>(GH) : 0);
       if (shared_db) {
         std::fill_n(db.data(), GH, T(0));
         add_column_sums<T>(T_ * B, GH, dgd, GH, db.data());
-        for (int64_t j = 0; j < GH; ++j) g.b_ih[j] += db.data()[j];
+        for (int64_t j = 0; j < GH; ++j) {
+          g.b_ih[j] += db.data()[j];
+          g.b_hh[j] += db.data()[j];
+        }
       } else if (g.b_ih) {
         add_column_sums<T>(T_ * B, GH, dgd, GH, g.b_ih);
       }
@@ -826,11 +829,7 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
       // dW_hh (G*H, H) += dG_h^T H_prev, H_prev = slots 0..T-1 (forward) or 1..T (reverse)
       const T* hprev = cache.h[k].data() + (d == 0 ? 0 : BH);
       gemm<T>(true, false, GH, H, T_ * B, T(1), dgd, GH, hprev, H, T(1), g.w_hh, H);
-      if (shared_db) {
-        for (int64_t j = 0; j < GH; ++j) g.b_hh[j] += db.data()[j];
-      } else if (g.b_hh) {
-        add_column_sums<T>(T_ * B, GH, dgd, GH, g.b_hh);
-      }
+      if (g.b_hh && !shared_db) add_column_sums<T>(T_ * B, GH, dgd, GH, g.b_hh);
     }
 
     // 3. into the layer below: through the dropout mask
