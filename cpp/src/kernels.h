@@ -54,6 +54,12 @@ struct IsaKernels {
   int nr;                                      // panel width: two SIMD vectors
   void (*panel)(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
                 int64_t ncols, bool accumulate);
+  // One row of A against a run of n packed panels (the product of a B = 1 step):
+  //   C[off[i] + j] = a (K) . Bp_i[:, j] for j < cols[i], Bp_i = Bp + i*K*nr,
+  // panel by panel from the first, or from the last when reverse. Each panel's sums are
+  // those of panel() with M = 1, bit for bit.
+  void (*row_panels)(int64_t K, const T* a, const T* Bp, int64_t n, const int64_t* off, const int64_t* cols,
+                     bool reverse, T* C);
   // One panel of nr output columns: out (K, nr), out[k*nr + i] = W[i*ldw + k] for i < rows
   // (rows <= nr), 0 for the padding rows
   void (*pack_panel)(const T* W, int64_t ldw, int64_t rows, int64_t K, int64_t nr, T* out);

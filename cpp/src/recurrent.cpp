@@ -122,10 +122,17 @@ inline int64_t dense_tail(int64_t H, int64_t B, int64_t nr) {
 // of a step's products (paired, 2 threads, LSTM forward: H = 256 0.95-0.98 for B = 32 and 64;
 // H = 512 1.026-1.046 for B = 16, 32 and 64; H = 500, B = 48 1.016), so there a step is one
 // group.
+//
+// At B = 1 a step is one group too: its product is a stream of the slice's panels from L2,
+// which runs fastest as one row_panels call (kernels.h), and a pointwise call per group cost
+// more than the L1 it saved (LSTM, 64 units at B = 1: 267 ns in one call, 4 x 99 ns in four).
+// Paired medians against groups of one panel (AVX2, Zen 3, 15-31 alternations of two builds):
+// LSTM 100x1x128x128 forward 0.898 on two threads and 0.886 on one, forward+backward 0.900;
+// GRU forward 0.905.
 constexpr int64_t kGroupUpdateBytes = int64_t(40) << 10;
-inline int64_t step_groups(const Slice& sl, int64_t K, int64_t nr, size_t elem) {
+inline int64_t step_groups(const Slice& sl, int64_t B, int64_t K, int64_t nr, size_t elem) {
   const int64_t np = sl.hh_panels(nr);
-  if (K * (nr + kPanelRowGroup) * int64_t(elem) > kGroupUpdateBytes) return 1;
+  if (B == 1 || K * (nr + kPanelRowGroup) * int64_t(elem) > kGroupUpdateBytes) return 1;
   return np >= 2 && sl.hh_cols(np - 1, nr) < nr / 2 ? np - 1 : np;
 }
 
@@ -556,12 +563,25 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
                         *z.sl, gx_of(0), ldgx);
           if (++z.piece == G * z.sl->panels(nr)) { z.piece = 0; ++z.next; }
         };
+        // B = 1: each slice's step product is one row_panels call over its packed w_hh, panel
+        // m = p*G + g writing gh columns g*H + u0 + p*nr (forward_panel's order)
+        std::vector<std::vector<int64_t>> row_off, row_cols;
+        if (B == 1)
+          for (const Slice& sl : plan.of_thread[tid]) {
+            row_off.emplace_back();
+            row_cols.emplace_back();
+            for (int64_t m = 0; m < sl.hh_panels(nr) * G; ++m) {
+              row_off.back().push_back(m % G * H + sl.u0 + m / G * nr);
+              row_cols.back().push_back(sl.hh_cols(m / G, nr));
+            }
+          }
         // groups [0, n) hold every row of steps s0 .. step
         auto groups_through = [&](int64_t step) { return std::min(((step - s0 + 1) * B - 1) / RG, last_group) + 1; };
         // 2. the recurrence over the chunk, one barrier per step
         for (int64_t step = s0; step < s1; ++step) {
           while (own.pending() && own.next < groups_through(step)) run_piece(own);
-          for (const Slice& sl : plan.of_thread[tid]) {
+          for (size_t si = 0; si < plan.of_thread[tid].size(); ++si) {
+            const Slice& sl = plan.of_thread[tid][si];
             if (sl.u0 == sl.u1) continue;
             const int64_t d = sl.d, k = l * D + d;
             const LayerWeights<T>& w = a.weights[k];
@@ -577,7 +597,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             // are still in L1. Odd steps walk the groups and the panels backwards: the first
             // panels a step reads are the last the step before read (each panel's sums are its
             // own and the update is per unit, so neither order changes a result).
-            const int64_t np = sl.hh_panels(nr), n_groups = step_groups(sl, H, nr, sizeof(T));
+            const int64_t np = sl.hh_panels(nr), n_groups = step_groups(sl, B, H, nr, sizeof(T));
             StepArgs<T> sa{};
             sa.rows = B; sa.H = H;
             sa.ldgx = ldgx; sa.ldgh = GH; sa.ldgates = ldgx; sa.ldy = DH;
@@ -586,7 +606,10 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
               const int64_t q = (step & 1) ? n_groups - 1 - j : j;
               const int64_t p0 = q, p1 = q + 1 < n_groups ? q + 1 : np;  // panels [p0, p1)
               const int64_t n_panels = (p1 - p0) * G;  // in the order they are packed
-              for (int64_t i = 0; i < n_panels; ++i) {
+              if (B == 1)  // (one group: p0 = 0, p1 = np)
+                kern.row_panels(H, hbuf + ps * BH, packed[d] + forward_panel(G, 0, sl, 0) * H * nr, n_panels,
+                                row_off[si].data(), row_cols[si].data(), step & 1, gh);
+              for (int64_t i = 0; B > 1 && i < n_panels; ++i) {
                 const int64_t m = (step & 1) ? n_panels - 1 - i : i, p = p0 + m / G, g = m % G;
                 kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, sl, p) * H * nr,
                            gh + g * H + sl.u0 + p * nr, GH, sl.hh_cols(p, nr), false);
