@@ -65,20 +65,28 @@ def _pause(seconds):
         pass
 
 
+# A warm-up round (one call of each backend) longer than this is followed by a single timed
+# round. On a 2-core AMD EPYC with AVX2 (Zen 3), whose SGEMM runs at 100-160 GFLOP/s, the grid
+# took 110 s with two timed rounds everywhere, 31 s of it in the two forward+backward rows at
+# 50x128x1024x1024 (a round of 4.4 and 5.5 s); one round there keeps it near 100 s.
+LONG_ROUND_S = 3.0
+
+
 def _alternate(fns: dict, min_runs: int, budget: float, settle: float = 0.0,
                warm_up_s: float | None = None) -> tuple[dict, dict]:
     """Time each callable alternately; one warm-up each, then rounds until `min_runs` rounds
     are done and the time budget is spent (or 50 rounds). Rows whose warm-up round alone takes
-    over half a second get two timed rounds, so that the whole grid stays within a couple of
-    minutes. `settle` seconds of sleep (untimed) precede each timed call. `warm_up_s`: the
-    warm-up round already ran and took this long. Returns (medians, run counts)."""
+    over half a second get two timed rounds, and over LONG_ROUND_S one, so that the whole grid
+    stays within two minutes on a slower machine too. `settle` seconds of sleep (untimed)
+    precede each timed call. `warm_up_s`: the warm-up round already ran and took this long.
+    Returns (medians, run counts)."""
     if warm_up_s is None:
         t0 = time.perf_counter()
         for fn in fns.values():
             fn()
         warm_up_s = time.perf_counter() - t0
     if warm_up_s > 0.5:
-        min_runs, budget = 2, 0.0
+        min_runs, budget = (1 if warm_up_s > LONG_ROUND_S else 2), 0.0
     times = {k: [] for k in fns}
     start = time.perf_counter()
     rounds = 0
@@ -107,8 +115,8 @@ def _timed(fns: dict, min_runs: int, budget: float, time_fn=None) -> tuple[dict,
     time_fn = time_fn or _alternate
     ref = {k: fns.pop(k) for k in list(fns) if k == "reference"}
     med, runs = time_fn(fns, min_runs, budget)
-    if ref:
-        m2, r2 = time_fn(ref, min_runs, budget)
+    if ref:  # (the reference is the slow baseline: half the budget is plenty)
+        m2, r2 = time_fn(ref, min_runs, budget / 2)
         med.update(m2)
         runs.update(r2)
         time.sleep(NUMPY_BLAS_SETTLE_S)
@@ -464,7 +472,8 @@ def format_table(result: dict) -> str:
             out.append("  ".join("-" * w for w in widths))
     out.append("")
     out.append("Shapes: recurrent T x B x I x H (one layer), cell step B x I x H, sdpa B x heads x L x E x causal. "
-               "Medians of alternating runs; 'vs' = their time / fastrnn's time.")
+               "Medians of alternating runs (one timed run after a warm-up where a round takes seconds); "
+               "'vs' = their time / fastrnn's time.")
     return "\n".join(out)
 
 
