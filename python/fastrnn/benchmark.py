@@ -4,7 +4,8 @@ fastrnn and PyTorch run the same problem alternately (A, B, A, B, ...) at the sa
 count, and medians are reported, because shared machines are noisy; the NumPy reference is
 timed after them (NumPy's BLAS threads keep spinning after a call and would slow the next one). Rates are given in
 GFLOP/s and as a fraction of the GEMM rate the bundled BLAS reaches on this machine in the
-same run (SGEMM 2048^3 for float32), the practical ceiling of these kernels.
+same run (SGEMM 2048^3 for float32, the median of products timed at the start and between
+the shapes), the practical ceiling of these kernels.
 
 FLOPs of one recurrent layer: 2*T*B*(I+H)*G*H forward, 3x that forward+backward.
 """
@@ -123,18 +124,28 @@ def _timed(fns: dict, min_runs: int, budget: float, time_fn=None) -> tuple[dict,
     return med, runs
 
 
-def gemm_rate(dtype: str, n: int = 2048, runs: int = 5) -> float:
-    """GFLOP/s of the bundled BLAS on an n^3 GEMM (median of `runs`)."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(dtype)
-    b = rng.standard_normal((n, n)).astype(dtype)
-    _core.blas_matmul(a, b)
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        _core.blas_matmul(a, b)
-        ts.append(time.perf_counter() - t0)
-    return 2.0 * n ** 3 / statistics.median(ts) / 1e9
+class GemmRate:
+    """GFLOP/s of the bundled BLAS on an n^3 GEMM, sampled during the run: `sample(runs)` times
+    `runs` products. On a shared machine the rate moves with the neighbours' load (a 2-core Zen 3
+    read 88 to 180 GFLOP/s within one run), so the ceiling is the median of samples taken
+    between the rows, not one reading at the start."""
+
+    def __init__(self, dtype: str, n: int = 2048):
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((n, n)).astype(dtype)
+        self.b = rng.standard_normal((n, n)).astype(dtype)
+        self.flops = 2.0 * n ** 3
+        self.samples: list[float] = []
+        _core.blas_matmul(self.a, self.b)
+
+    def sample(self, runs: int = 2) -> None:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            _core.blas_matmul(self.a, self.b)
+            self.samples.append(self.flops / (time.perf_counter() - t0) / 1e9)
+
+    def median(self) -> float:
+        return statistics.median(self.samples)
 
 
 # ------------------------------------------------------------------------- problem builders
@@ -336,10 +347,15 @@ def run(cells=None, shapes=None, threads=None, dtype="float32", modes=None, incl
 
     bar = _progress(len(plan) + 1, progress)
     bar.set_description("gemm 2048^3")
-    gemm = gemm_rate(dtype)
+    gemm = GemmRate(dtype)
+    gemm.sample(3)
     bar.update(1)
     rows = []
+    last_group = None
     for kind, cell, mode, shape in plan:
+        if (kind, shape) != last_group and last_group is not None:
+            gemm.sample(2)  # a few products between shapes (about 0.1 s each)
+        last_group = (kind, shape)
         bar.set_description(f"{kind} {cell} {mode} {shape}")
         # the reference is plain NumPy: only where one call stays well under a second
         use = [b for b in backends if b != "reference" or _reference_ok(kind, shape)]
@@ -369,7 +385,8 @@ def run(cells=None, shapes=None, threads=None, dtype="float32", modes=None, incl
         "torch": None if torch is None else torch.__version__,
         "threads": threads,
         "dtype": dtype,
-        "gemm_gflops": gemm,
+        "gemm_gflops": gemm.median(),
+        "gemm_samples": [round(v, 1) for v in gemm.samples],
         "rows": [asdict(r) for r in rows],
     }
 
@@ -437,6 +454,11 @@ def _fmt_time(s):
     return f"{s:.2f} s"
 
 
+def _gemm_spread(result: dict) -> str:
+    v = result.get("gemm_samples") or []
+    return f", median of {len(v)} samples through the run (min {min(v):.0f}, max {max(v):.0f})" if len(v) > 1 else ""
+
+
 def format_table(result: dict) -> str:
     rows = result["rows"]
     gemm = result["gemm_gflops"]
@@ -444,7 +466,8 @@ def format_table(result: dict) -> str:
     m = result["machine"]
     out = [f"fastrnn {result['build']['version']} | {m['cpu']} | {result['threads']} threads | "
            f"simd {result['build']['simd']} | {result['dtype']}",
-           f"BLAS GEMM 2048^3 ({result['dtype']}): {gemm:.1f} GFLOP/s (the ceiling below: '% gemm')",
+           f"BLAS GEMM 2048^3 ({result['dtype']}): {gemm:.1f} GFLOP/s (the ceiling below: '% gemm')"
+           + _gemm_spread(result),
            "PyTorch " + (result["torch"] if has_torch else "not installed (pip install torch==2.13.0 to compare)"),
            ""]
     head = ["what", "mode", "shape", "fastrnn", "GFLOP/s", "% gemm"]
@@ -485,7 +508,7 @@ def format_markdown(result: dict) -> str:
              f"{result['threads']} threads, {result['dtype']}; fastrnn {b['version']} (SIMD {b['simd']}, "
              f"{b['blas_version'].split(' DYNAMIC')[0]}), PyTorch {result['torch'] or 'not installed'}, "
              f"NumPy {m['numpy']}, Python {m['python']}. Bundled BLAS SGEMM 2048^3: "
-             f"{result['gemm_gflops']:.0f} GFLOP/s.", ""]
+             f"{result['gemm_gflops']:.0f} GFLOP/s{_gemm_spread(result)}.", ""]
     head = "| what | mode | shape | fastrnn | GFLOP/s |" + (" PyTorch | speedup |" if has_torch else "") + " NumPy reference | speedup |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in result["rows"]:
