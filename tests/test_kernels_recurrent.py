@@ -235,16 +235,58 @@ LARGE = {  # mode: (T, B, I, H): large B*G*H per step (many panels per thread, B
 }
 
 
-# A forward step updates its units one panel's group at a time, right after their products,
-# while a packed panel (H x two vectors) and a block of rows of h fit about an L1 cache; with
-# larger panels it runs all of its products first and then one update (recurrent.cpp,
-# step_groups). H = 200 takes the first way and H = 650 the second at every SIMD width.
+# With AVX-512 a forward step updates its units one panel's group at a time, right after their
+# products, while a packed panel (H x two vectors) and a block of rows of h fit about an L1
+# cache; with larger panels, and at the levels below AVX-512, it runs all of its products first
+# and then one update (recurrent.cpp, step_groups; FASTRNN_GROUP_UPDATE=0|1 overrides the
+# level's choice). H = 200 takes the first way where groups are on, H = 650 the second.
 @pytest.mark.parametrize("hidden", [200, 650])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", MODES)
 def test_step_update_grouping(mode, dtype, hidden, threads):
     threads(2)
     check_case(mode, 3, 5, 9, hidden, dtype=dtype, num_layers=1, bidirectional=False, with_lengths=True)
+
+
+GROUPING_SCRIPT = r"""
+import sys, numpy as np, fastrnn as fr
+fr.set_num_threads(2)
+out = {}
+for mode, cls in (("rnn_tanh", fr.RNN), ("rnn_relu", fr.RNN), ("lstm", fr.LSTM), ("gru", fr.GRU)):
+    for dtype in ("float32", "float64"):
+        for H in (24, 200):
+            kw = {"nonlinearity": mode[4:]} if cls is fr.RNN else {}
+            layer = cls(9, H, dtype=dtype, seed=1, **kw)
+            rng = np.random.default_rng(2)
+            x = rng.standard_normal((4, 13, 9)).astype(dtype)
+            lengths = np.array([4, 1, 2, 4, 0, 3, 4, 4, 1, 2, 3, 4, 4])
+            y, state = layer(x, lengths=lengths)
+            y_train, state_train, _ = layer.forward(x, lengths=lengths)
+            tag = f"{mode}-{dtype}-{H}"
+            out[tag + "-y"], out[tag + "-y-train"] = y, y_train
+            for i, s in enumerate(state if isinstance(state, tuple) else (state,)):
+                out[f"{tag}-state{i}"] = s
+out["group_update"] = np.array(fr.build_info()["step_group_update"])
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_step_update_grouping_changes_no_result(tmp_path):
+    """The forward step's update per group of units and once per step give the same bits, at any
+    SIMD level: each panel's sums are its own and the update is per unit."""
+    runs = {}
+    for flag in ("0", "1"):
+        path = tmp_path / f"groups{flag}.npz"
+        env = dict(os.environ, FASTRNN_GROUP_UPDATE=flag)
+        proc = subprocess.run([sys.executable, "-c", GROUPING_SCRIPT, str(path)], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        runs[flag] = dict(np.load(path))
+        assert runs[flag].pop("group_update") == (flag == "1"), "FASTRNN_GROUP_UPDATE was not applied"
+    bad = [f"{k}: max abs difference {np.max(np.abs(v - runs['1'][k])):.3e}"
+           for k, v in runs["0"].items() if not np.array_equal(v, runs["1"][k])]
+    print(f"{len(runs['0'])} arrays compared")
+    assert not bad, "update per group vs once per step: " + ", ".join(bad)
 
 
 # The few units past the last whole vector of H (H % lanes <= lanes / 8, while B times them

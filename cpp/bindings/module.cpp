@@ -25,6 +25,7 @@ PYBIND11_MODULE(_core, m) {
     d["blas"] = "openblas";
     d["blas_version"] = fastrnn::blas_info();
     d["simd"] = fastrnn::simd_level();
+    d["step_group_update"] = fastrnn::step_group_update();
     d["num_threads"] = fastrnn::num_threads();
     d["compiler"] = __VERSION__;
     return d;

@@ -52,6 +52,8 @@ struct IsaKernels {
   void (*forward[4])(const StepArgs<T>&);      // indexed by Mode
   void (*backward[4])(const StepBackArgs<T>&);
   int nr;                                      // panel width: two SIMD vectors
+  bool group_update;                           // forward steps may update per group of units
+                                               //   (recurrent.cpp, step_groups)
   void (*panel)(int64_t M, int64_t K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
                 int64_t ncols, bool accumulate);
   // One row of A against a run of n packed panels (the product of a B = 1 step):

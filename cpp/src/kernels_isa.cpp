@@ -758,6 +758,7 @@ void fill(IsaKernels<T>* k) {
   k->backward[2] = lstm_backward<T>;
   k->backward[3] = gru_backward<T>;
   k->nr = 2 * Vec<T>::lanes;
+  k->group_update = kVecBytes == 64;  // measured to pay with AVX-512 only (recurrent.cpp)
   k->panel = panel<T>;
   k->row_panels = row_panels<T>;
   k->gemm_nt_small = gemm_nt_small<T>;

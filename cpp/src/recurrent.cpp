@@ -129,10 +129,17 @@ inline int64_t dense_tail(int64_t H, int64_t B, int64_t nr) {
 // Paired medians against groups of one panel (AVX2, Zen 3, 15-31 alternations of two builds):
 // LSTM 100x1x128x128 forward 0.898 on two threads and 0.886 on one, forward+backward 0.900;
 // GRU forward 0.905.
+//
+// The gains above were measured with AVX-512 (Zen 5, 48 KiB L1). With AVX2 on a Zen 3 core (32
+// KiB L1) the update per group lost at every shape tried, small panels too, so the ISA levels
+// below AVX-512 update once per step (IsaKernels::group_update). Paired medians, one update per
+// step against groups (2 threads, 11-15 alternations of two builds): LSTM forward 50x32x256x256
+// 0.957, 41x17x65x333 0.909, 50x32x128x128 0.898, 50x8x192x192 0.979; GRU forward
+// 50x32x256x256 0.925, 50x64x128x128 0.845.
 constexpr int64_t kGroupUpdateBytes = int64_t(40) << 10;
-inline int64_t step_groups(const Slice& sl, int64_t B, int64_t K, int64_t nr, size_t elem) {
+inline int64_t step_groups(const Slice& sl, int64_t B, int64_t K, int64_t nr, size_t elem, bool group_update) {
   const int64_t np = sl.hh_panels(nr);
-  if (B == 1 || K * (nr + kPanelRowGroup) * int64_t(elem) > kGroupUpdateBytes) return 1;
+  if (!group_update || B == 1 || K * (nr + kPanelRowGroup) * int64_t(elem) > kGroupUpdateBytes) return 1;
   return np >= 2 && sl.hh_cols(np - 1, nr) < nr / 2 ? np - 1 : np;
 }
 
@@ -597,7 +604,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
             // are still in L1. Odd steps walk the groups and the panels backwards: the first
             // panels a step reads are the last the step before read (each panel's sums are its
             // own and the update is per unit, so neither order changes a result).
-            const int64_t np = sl.hh_panels(nr), n_groups = step_groups(sl, B, H, nr, sizeof(T));
+            const int64_t np = sl.hh_panels(nr), n_groups = step_groups(sl, B, H, nr, sizeof(T), kern.group_update);
             StepArgs<T> sa{};
             sa.rows = B; sa.H = H;
             sa.ldgx = ldgx; sa.ldgh = GH; sa.ldgates = ldgx; sa.ldy = DH;

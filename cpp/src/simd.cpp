@@ -45,6 +45,10 @@ IsaKernels<T> make() {
     case Level::Avx2: avx2::fill_kernels(&k); break;
     default: base::fill_kernels(&k); break;
   }
+  // FASTRNN_GROUP_UPDATE=0|1 overrides the level's choice of the forward step's update per
+  // group of units (recurrent.cpp, step_groups), so that either way can be tested anywhere
+  if (const char* env = std::getenv("FASTRNN_GROUP_UPDATE"))
+    if (env[0] == '0' || env[0] == '1') k.group_update = env[0] == '1';
   return k;
 }
 
@@ -57,6 +61,8 @@ const char* simd_level() {
     default: return "baseline";
   }
 }
+
+bool step_group_update() { return isa_kernels_f32().group_update; }
 
 const IsaKernels<float>& isa_kernels_f32() {
   static const IsaKernels<float> k = make<float>();

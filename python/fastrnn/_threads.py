@@ -22,7 +22,9 @@ def get_num_threads() -> int:
 
 
 def build_info() -> dict:
-    """version, openmp, blas, blas_version, simd (ISA level picked at run time), num_threads, compiler."""
+    """version, openmp, blas, blas_version, simd (ISA level picked at run time), step_group_update
+    (the forward step's cell update per group of units, see docs/ARCHITECTURE.md), num_threads,
+    compiler."""
     info = dict(_core.build_info())
     info["version"] = __version__
     return info

@@ -40,6 +40,7 @@ int default_num_threads();     // OMP_NUM_THREADS if set, else CPUs this process
 
 // ---- build / runtime info ------------------------------------------------------------------
 const char* simd_level();      // "avx512", "avx2" or "baseline": picked once at run time
+bool step_group_update();      // forward steps update per group of units (recurrent.cpp)
 std::string blas_info();       // OpenBLAS version and config string
 bool openmp_enabled();
 
