@@ -613,13 +613,15 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
               const int64_t q = (step & 1) ? n_groups - 1 - j : j;
               const int64_t p0 = q, p1 = q + 1 < n_groups ? q + 1 : np;  // panels [p0, p1)
               const int64_t n_panels = (p1 - p0) * G;  // in the order they are packed
-              if (B == 1)  // (one group: p0 = 0, p1 = np)
+              if (B == 1) {  // (one group: p0 = 0, p1 = np)
                 kern.row_panels(H, hbuf + ps * BH, packed[d] + forward_panel(G, 0, sl, 0) * H * nr, n_panels,
                                 row_off[si].data(), row_cols[si].data(), step & 1, gh);
-              for (int64_t i = 0; B > 1 && i < n_panels; ++i) {
-                const int64_t m = (step & 1) ? n_panels - 1 - i : i, p = p0 + m / G, g = m % G;
-                kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, sl, p) * H * nr,
-                           gh + g * H + sl.u0 + p * nr, GH, sl.hh_cols(p, nr), false);
+              } else {
+                for (int64_t i = 0; i < n_panels; ++i) {
+                  const int64_t m = (step & 1) ? n_panels - 1 - i : i, p = p0 + m / G, g = m % G;
+                  kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, sl, p) * H * nr,
+                             gh + g * H + sl.u0 + p * nr, GH, sl.hh_cols(p, nr), false);
+                }
               }
               const bool final_group = q + 1 == n_groups;  // (the slice's last units)
               if (final_group && sl.dense) {  // gh[:, g*H + e0 + j] = h_prev @ w_hh[g*H + e0 + j] for every g
