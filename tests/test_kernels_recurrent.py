@@ -644,6 +644,10 @@ THREAD_CASES = {  # mode, T, B, I, H, bidirectional
     # the backward's dX in row groups, some taken by the lighter thread while it waits at a
     # step's barrier (17 + 16 vectors), the rest after the loop; I = 65 and 66 leave one and
     # two columns past the last whole vector, taken as dot products (recurrent_backward)
+    # two threads share each step's products, panel by panel (recurrent_forward, `share`);
+    # H = 200 leaves the first thread a last panel one vector wide
+    "shared-products": ("lstm", 5, 16, 20, 256, False),
+    "gru-shared-products": ("gru", 5, 24, 20, 200, False),
     "dx-pieces": ("lstm", 9, 17, 65, 264, False),
     "rnn-dx-pieces": ("rnn_tanh", 7, 19, 66, 264, False),
 }

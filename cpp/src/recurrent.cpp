@@ -328,6 +328,12 @@ constexpr double kSplitMacs = double(1 << 13);
 // other thread then fetches the rows projected for it from the other core: LSTM 23x3x100x200
 // (2^15.2) 0.94-0.96 close, but 1.15-1.17 far apart.
 constexpr double kBalanceMacs = double(1 << 17);
+// Two threads that share one direction's steps share each step's products too, from this many
+// multiply-adds per thread and step (recurrent_forward, `share`): on a shared host one core can
+// run the same panels 30-40% slower than the other for a whole call (time stamps, LSTM
+// 50x32x256x256 and 13x100x700x700: one thread's products took 1.4x the other's, which then
+// waited at every barrier for a fifth to a quarter of the call).
+constexpr double kShareMacs = double(1 << 20);
 // dX of a backward pass runs in the panel kernel (recurrent_backward) while a panel of w_ih,
 // G*H rows of nr columns, is at most this.
 constexpr int64_t kDxPanelBytes = int64_t(256) << 10;
@@ -528,6 +534,20 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
           if (!balance) balance_cut[0] = balance_cut[1] = M;
         }
       }
+      // Shared products: two threads on one direction, each step's products done one panel
+      // of units (all G gates) at a time, each thread first taking its own slice's panels in
+      // order and then the other slice's that are left (a counter per slice and step parity).
+      // A thread runs its slice's cell update once every panel of it is done, so the update
+      // stays one pass per slice and every unit's sums and update are the same whoever
+      // multiplies it. The input projection before the first step is shared the same way, by
+      // row blocks. Not with the lazy or balanced projection, nor with the update per group.
+      const bool share = nt == 2 && D == 1 && plan.shared && B > 1 && !lazy_projection && !balance &&
+                         double(B) * GH * H / 2 >= kShareMacs &&
+                         step_groups(plan.of_thread[0][0], B, H, nr, sizeof(T), kern.group_update) == 1 &&
+                         step_groups(plan.of_thread[1][0], B, H, nr, sizeof(T), kern.group_update) == 1;
+      struct alignas(64) Counter { std::atomic<int64_t> v{0}; };
+      Counter taken[2][2], done[2][2];  // [step parity][slice]: panels claimed / multiplied
+      Counter projected[2];             // [slice]: row blocks of the input projection claimed
       persistent(nt, [&](int tid, StepBarrier& barrier) {
         if (s0 == 0)
           for (const Slice& sl : plan.of_thread[tid]) {
@@ -557,13 +577,22 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
         if (project_inside) {
           const Slice& sl = plan.of_thread[tid][0];
           const int64_t cut = lazy_projection ? 0 : balance ? balance_cut[tid] : M;  // a multiple of RG
-          for (const Slice& o : plan.of_thread[tid])
-            for (int64_t r0 = 0; r0 < cut; r0 += R) project(o, r0, std::min(R, cut - r0));
+          if (share) {  // the row blocks of both slices, this thread's own first (see `share`)
+            barrier.wait();  // (the other slice's packed w_ih)
+            for (int o : {tid, 1 - tid})
+              for (int64_t b; (b = projected[o].v.fetch_add(1, std::memory_order_relaxed)) * R < M;)
+                project(plan.of_thread[o][0], b * R, std::min(R, M - b * R));
+          } else {
+            for (const Slice& o : plan.of_thread[tid])
+              for (int64_t r0 = 0; r0 < cut; r0 += R) project(o, r0, std::min(R, cut - r0));
+          }
           const bool helped = balance && tid != balance_light;  // its rows past the cut: the light thread's
           if (cut < M && sl.u0 < sl.u1 && !helped) own = Lazy{&sl, cut / RG, last_group + 1, 0};
           if (balance && tid == balance_light)
             help = Lazy{&plan.of_thread[1 - tid][0], balance_cut[1 - tid] / RG, last_group + 1, 0};
         }
+        // shared products read the other slice's packed w_hh and projection too
+        if (share) barrier.wait();
         auto run_piece = [&](Lazy& z) {
           const int64_t r0 = RG * z.next, rows = (z.next < last_group ? r0 + RG : M) - r0;
           project_panel(r0, rows, I_l, X + t_lo(0) * B * I_l, packed_ih[0], G, z.piece % G, z.piece / G, H, nr,
@@ -616,6 +645,23 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
               if (B == 1) {  // (one group: p0 = 0, p1 = np)
                 kern.row_panels(H, hbuf + ps * BH, packed[d] + forward_panel(G, 0, sl, 0) * H * nr, n_panels,
                                 row_off[si].data(), row_cols[si].data(), step & 1, gh);
+              } else if (share) {  // (one group; one slice per thread)
+                const int64_t par = step & 1;
+                for (int o : {tid, 1 - tid}) {  // this thread's slice, then what is left of the other's
+                  const Slice& os = plan.of_thread[o][0];
+                  for (int64_t q; (q = taken[par][o].v.fetch_add(1, std::memory_order_relaxed)) < os.hh_panels(nr);) {
+                    for (int64_t g = 0; g < G; ++g)
+                      kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, os, q) * H * nr,
+                                 gh + g * H + os.u0 + q * nr, GH, os.hh_cols(q, nr), false);
+                    done[par][o].v.fetch_add(1, std::memory_order_release);
+                  }
+                }
+                spin_until([&] { return done[par][tid].v.load(std::memory_order_acquire) == np; });
+                if (tid == 0)  // the other parity's last step is behind every thread (its barrier passed)
+                  for (int o = 0; o < 2; ++o) {
+                    taken[1 - par][o].v.store(0, std::memory_order_relaxed);
+                    done[1 - par][o].v.store(0, std::memory_order_relaxed);
+                  }
               } else {
                 for (int64_t i = 0; i < n_panels; ++i) {
                   const int64_t m = (step & 1) ? n_panels - 1 - i : i, p = p0 + m / G, g = m % G;
