@@ -334,6 +334,34 @@ constexpr double kBalanceMacs = double(1 << 17);
 // 50x32x256x256 and 13x100x700x700: one thread's products took 1.4x the other's, which then
 // waited at every barrier for a fifth to a quarter of the call).
 constexpr double kShareMacs = double(1 << 20);
+
+// The claims of shared products: per step parity and slice, the panels taken and the panels
+// done, each on a cache line of its own.
+class SharedPanels {
+ public:
+  // panel(o, p) for every panel p < n[o] of both threads' slices o, this thread's (tid) first and
+  // then whatever of the other's is left; returns once every panel of its own slice is done, by
+  // either thread. Called by both threads once per step, between the step's barriers.
+  template <typename Panel>
+  void run(int tid, int64_t step, const int64_t (&n)[2], Panel panel) {
+    const int par = static_cast<int>(step & 1);
+    for (int o : {tid, 1 - tid})
+      for (int64_t p; (p = taken_[par][o].v.fetch_add(1, std::memory_order_relaxed)) < n[o];) {
+        panel(o, p);
+        done_[par][o].v.fetch_add(1, std::memory_order_release);
+      }
+    spin_until([&] { return done_[par][tid].v.load(std::memory_order_acquire) == n[tid]; });
+    if (tid == 0)  // the other parity's last step is behind both threads (its barrier has passed)
+      for (int o = 0; o < 2; ++o) {
+        taken_[1 - par][o].v.store(0, std::memory_order_relaxed);
+        done_[1 - par][o].v.store(0, std::memory_order_relaxed);
+      }
+  }
+
+ private:
+  struct alignas(64) Counter { std::atomic<int64_t> v{0}; };
+  Counter taken_[2][2], done_[2][2];
+};
 // dX of a backward pass runs in the panel kernel (recurrent_backward) while a panel of w_ih,
 // G*H rows of nr columns, is at most this.
 constexpr int64_t kDxPanelBytes = int64_t(256) << 10;
@@ -545,9 +573,8 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
                          double(B) * GH * H / 2 >= kShareMacs &&
                          step_groups(plan.of_thread[0][0], B, H, nr, sizeof(T), kern.group_update) == 1 &&
                          step_groups(plan.of_thread[1][0], B, H, nr, sizeof(T), kern.group_update) == 1;
-      struct alignas(64) Counter { std::atomic<int64_t> v{0}; };
-      Counter taken[2][2], done[2][2];  // [step parity][slice]: panels claimed / multiplied
-      Counter projected[2];             // [slice]: row blocks of the input projection claimed
+      SharedPanels shared_steps;
+      std::atomic<int64_t> projected[2] = {0, 0};  // [slice]: row blocks of the projection claimed
       persistent(nt, [&](int tid, StepBarrier& barrier) {
         if (s0 == 0)
           for (const Slice& sl : plan.of_thread[tid]) {
@@ -580,7 +607,7 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
           if (share) {  // the row blocks of both slices, this thread's own first (see `share`)
             barrier.wait();  // (the other slice's packed w_ih)
             for (int o : {tid, 1 - tid})
-              for (int64_t b; (b = projected[o].v.fetch_add(1, std::memory_order_relaxed)) * R < M;)
+              for (int64_t b; (b = projected[o].fetch_add(1, std::memory_order_relaxed)) * R < M;)
                 project(plan.of_thread[o][0], b * R, std::min(R, M - b * R));
           } else {
             for (const Slice& o : plan.of_thread[tid])
@@ -646,22 +673,13 @@ void recurrent_forward(const RecurrentForwardArgs<T>& a, RecurrentCache<T>* cach
                 kern.row_panels(H, hbuf + ps * BH, packed[d] + forward_panel(G, 0, sl, 0) * H * nr, n_panels,
                                 row_off[si].data(), row_cols[si].data(), step & 1, gh);
               } else if (share) {  // (one group; one slice per thread)
-                const int64_t par = step & 1;
-                for (int o : {tid, 1 - tid}) {  // this thread's slice, then what is left of the other's
+                const int64_t n[2] = {plan.of_thread[0][0].hh_panels(nr), plan.of_thread[1][0].hh_panels(nr)};
+                shared_steps.run(tid, step, n, [&](int o, int64_t q) {
                   const Slice& os = plan.of_thread[o][0];
-                  for (int64_t q; (q = taken[par][o].v.fetch_add(1, std::memory_order_relaxed)) < os.hh_panels(nr);) {
-                    for (int64_t g = 0; g < G; ++g)
-                      kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, os, q) * H * nr,
-                                 gh + g * H + os.u0 + q * nr, GH, os.hh_cols(q, nr), false);
-                    done[par][o].v.fetch_add(1, std::memory_order_release);
-                  }
-                }
-                spin_until([&] { return done[par][tid].v.load(std::memory_order_acquire) == np; });
-                if (tid == 0)  // the other parity's last step is behind every thread (its barrier passed)
-                  for (int o = 0; o < 2; ++o) {
-                    taken[1 - par][o].v.store(0, std::memory_order_relaxed);
-                    done[1 - par][o].v.store(0, std::memory_order_relaxed);
-                  }
+                  for (int64_t g = 0; g < G; ++g)
+                    kern.panel(B, H, hbuf + ps * BH, H, packed[d] + forward_panel(G, g, os, q) * H * nr,
+                               gh + g * H + os.u0 + q * nr, GH, os.hh_cols(q, nr), false);
+                });
               } else {
                 for (int64_t i = 0; i < n_panels; ++i) {
                   const int64_t m = (step & 1) ? n_panels - 1 - i : i, p = p0 + m / G, g = m % G;
@@ -808,6 +826,11 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
         if (dx_next.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return n;
       return int64_t(-1);
     };
+    // Two threads on one direction share each step's products dh_prev += dG_h @ w_hh panel by
+    // panel, as in recurrent_forward (`share`): the other slice's packed panels are read only
+    // after the first step's barrier.
+    const bool share = nt == 2 && D == 1 && plan.shared && B > 1 && double(B) * GH * H / 2 >= kShareMacs;
+    SharedPanels shared_steps;
     persistent(nt, [&](int tid, StepBarrier& barrier) {
       for (const Slice& sl : plan.of_thread[tid])
         pack_backward(a.weights[l * D + sl.d].w_hh, GH, H, nr, sl, packed[sl.d]);
@@ -844,6 +867,18 @@ void recurrent_backward(const RecurrentCache<T>& cache, const RecurrentBackwardA
           // the steps after this one have their dG (the barrier before this step's passed)
           for (int64_t n; !barrier.passed(ticket) && (n = dx_claim(step + 1)) >= 0;) dx_piece(n);
           barrier.wait(ticket);
+        }
+        if (share) {  // (one direction, one slice per thread); the next step's cell backward
+                      // reads this thread's units of dh_prev
+          const T* dgh = gru ? dgh_step[0] + (step & 1) * BH * G : dg[0].data() + step * B * GH;
+          T* dh_prev = carry_h[0] + (1 - cur) * BH;
+          const int64_t n[2] = {plan.of_thread[0][0].panels(nr), plan.of_thread[1][0].panels(nr)};
+          shared_steps.run(tid, step, n, [&](int o, int64_t p) {
+            const Slice& os = plan.of_thread[o][0];
+            kern.panel(B, GH, dgh, GH, packed[0] + (os.p0 + p) * GH * nr, dh_prev + os.u0 + p * nr, H, os.cols(p, nr),
+                       true);
+          });
+          continue;
         }
         for (const Slice& sl : plan.of_thread[tid]) {
           const int64_t d = sl.d;
