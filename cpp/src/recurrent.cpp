@@ -329,10 +329,10 @@ constexpr double kSplitMacs = double(1 << 13);
 // (2^15.2) 0.94-0.96 close, but 1.15-1.17 far apart.
 constexpr double kBalanceMacs = double(1 << 17);
 // Two threads that share one direction's steps share each step's products too, from this many
-// multiply-adds per thread and step (recurrent_forward, `share`): on a shared host one core can
-// run the same panels 30-40% slower than the other for a whole call (time stamps, LSTM
-// 50x32x256x256 and 13x100x700x700: one thread's products took 1.4x the other's, which then
-// waited at every barrier for a fifth to a quarter of the call).
+// multiply-adds per thread and step (`share` in recurrent_forward and recurrent_backward): on a
+// shared host one core can run the same panels 30-40% slower than the other for a whole call
+// (time stamps, LSTM 50x32x256x256 and 13x100x700x700: one thread's products took 1.4x the
+// other's, which then waited at every barrier for a fifth to a quarter of the call).
 constexpr double kShareMacs = double(1 << 20);
 
 // The claims of shared products: per step parity and slice, the panels taken and the panels
